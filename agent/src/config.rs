@@ -1,0 +1,776 @@
+//! Agent configuration: the ECS agent's `ecs.config` format.
+//!
+//! Settings come from three layers, highest first: the process environment,
+//! the config file (`KEY=VALUE` lines, as systemd's `EnvironmentFile=` reads
+//! them) and the built-in defaults. [`Config::load`] reads every layer, checks
+//! every value, and either returns a whole valid [`Config`] together with where
+//! each setting came from, or every problem at once as `PATH:LINE: KEY: why`.
+//! Nothing here touches Docker or the network, so a bad config fails before
+//! anything is started (exit 78, EX_CONFIG).
+//!
+//! Each key is one row of [`KEYS`]: its name, default, meaning and parser. The
+//! table drives parsing, `dockhand config check` and the reference in
+//! `docs/configuration.md`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the agent looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ecs/ecs.config";
+
+/// Exit code for a configuration error: EX_CONFIG from sysexits.h, which the
+/// systemd unit names in `RestartPreventExitStatus=` so a bad config is not
+/// retried in a loop.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// How `ECS_IMAGE_PULL_BEHAVIOR` decides whether to pull (ECS semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullBehavior {
+    /// Pull; use a cached image if the pull fails.
+    Default,
+    /// Always pull; fail the task if the pull fails.
+    Always,
+    /// Pull only if no image is cached.
+    Once,
+    /// Use the cached image if there is one, pull otherwise.
+    PreferCached,
+}
+
+/// `ECS_LOGLEVEL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Crit,
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// `DOCKHAND_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The agent's effective settings. See [`KEYS`] for each key's meaning.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster: String,
+    /// Control endpoint URL; `None` runs standalone from service files.
+    pub backend_host: Option<String>,
+    pub data_dir: PathBuf,
+    pub log_level: LogLevel,
+    pub docker_host: String,
+    pub reserved_memory_mib: u64,
+    pub reserved_ports: Vec<u16>,
+    /// Inclusive range that `hostPort: 0` ports are taken from.
+    pub dynamic_port_range: (u16, u16),
+    pub container_stop_timeout: Duration,
+    pub container_start_timeout: Duration,
+    pub image_pull_behavior: PullBehavior,
+    pub task_cleanup_wait: Duration,
+    pub instance_attributes: BTreeMap<String, String>,
+    pub services_dir: PathBuf,
+    pub proxy_listen: Vec<SocketAddr>,
+    pub api_listen: SocketAddr,
+    pub port_bind_address: IpAddr,
+    pub log_format: LogFormat,
+}
+
+/// Where one setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File { path: PathBuf, line: usize },
+    Environment,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File { path, line: 0 } => write!(f, "{}", path.display()),
+            Source::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Source::Environment => f.write_str("environment"),
+        }
+    }
+}
+
+/// One invalid line or value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: Source,
+    /// The key, when the line had one.
+    pub key: Option<String>,
+    pub why: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: {key}: {}", self.source, self.why),
+            None => write!(f, "{}: {}", self.source, self.why),
+        }
+    }
+}
+
+/// Every problem found while loading, reported together.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A loaded config, with the provenance of each key and the warnings met.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// For every key in [`KEYS`]: its effective value as text, and its source.
+    pub effective: Vec<(&'static str, String, Source)>,
+    /// Ignored keys and similar: worth a log line, not a failure.
+    pub warnings: Vec<String>,
+}
+
+type Apply = fn(&mut Config, &str) -> Result<(), String>;
+
+/// One configuration key.
+pub struct KeySpec {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+    apply: Apply,
+}
+
+/// Every key the agent reads. ECS names where the meaning is ECS's.
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        name: "ECS_CLUSTER",
+        default: "default",
+        meaning: "cluster to join",
+        apply: |c, v| {
+            c.cluster = non_empty(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_BACKEND_HOST",
+        default: "",
+        meaning: "control endpoint URL; empty runs standalone from service files",
+        apply: |c, v| {
+            c.backend_host = if v.is_empty() {
+                None
+            } else if v.starts_with("http://") || v.starts_with("https://") {
+                Some(v.to_string())
+            } else {
+                return Err(format!("expected an http:// or https:// URL, got {v:?}"));
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_DATADIR",
+        default: "/var/lib/dockhand",
+        meaning: "agent state (instance id, task records, crash backoff)",
+        apply: |c, v| {
+            c.data_dir = absolute_path(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_LOGLEVEL",
+        default: "info",
+        meaning: "crit, error, warn, info or debug",
+        apply: |c, v| {
+            c.log_level = match v.to_ascii_lowercase().as_str() {
+                "crit" => LogLevel::Crit,
+                "error" => LogLevel::Error,
+                "warn" => LogLevel::Warn,
+                "info" => LogLevel::Info,
+                "debug" => LogLevel::Debug,
+                _ => {
+                    return Err(format!(
+                        "expected crit, error, warn, info or debug, got {v:?}"
+                    ))
+                }
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKER_HOST",
+        default: "unix:///var/run/docker.sock",
+        meaning: "Docker Engine address: unix:///path or tcp://host:port",
+        apply: |c, v| {
+            if !(v.starts_with("unix:///") || v.starts_with("tcp://")) {
+                return Err(format!(
+                    "expected unix:///path or tcp://host:port, got {v:?}"
+                ));
+            }
+            c.docker_host = v.to_string();
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_RESERVED_MEMORY",
+        default: "0",
+        meaning: "MiB of host memory withheld from tasks",
+        apply: |c, v| {
+            c.reserved_memory_mib = v
+                .parse()
+                .map_err(|_| format!("expected a whole number of MiB, got {v:?}"))?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_RESERVED_PORTS",
+        default: "[22,2375,2376,51678,51679]",
+        meaning: "host ports never handed out to tasks (JSON array)",
+        apply: |c, v| {
+            c.reserved_ports = serde_json::from_str::<Vec<u16>>(v)
+                .map_err(|_| format!("expected a JSON array of ports 1-65535, got {v:?}"))?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_DYNAMIC_HOST_PORT_RANGE",
+        default: "49153-65535",
+        meaning: "where hostPort 0 ports come from (FIRST-LAST, inclusive)",
+        apply: |c, v| {
+            let bad = || format!("expected FIRST-LAST with 1 <= FIRST <= LAST <= 65535, got {v:?}");
+            let (a, b) = v.split_once('-').ok_or_else(bad)?;
+            let a: u16 = a.trim().parse().map_err(|_| bad())?;
+            let b: u16 = b.trim().parse().map_err(|_| bad())?;
+            if a == 0 || a > b {
+                return Err(bad());
+            }
+            c.dynamic_port_range = (a, b);
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_CONTAINER_STOP_TIMEOUT",
+        default: "30s",
+        meaning: "SIGTERM to SIGKILL, for containers that set no stopTimeout",
+        apply: |c, v| {
+            c.container_stop_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_CONTAINER_START_TIMEOUT",
+        default: "3m",
+        meaning: "how long a container may take to start before its task is failed",
+        apply: |c, v| {
+            c.container_start_timeout = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_IMAGE_PULL_BEHAVIOR",
+        default: "default",
+        meaning: "default, always, once or prefer-cached (ECS semantics)",
+        apply: |c, v| {
+            c.image_pull_behavior = match v {
+                "default" => PullBehavior::Default,
+                "always" => PullBehavior::Always,
+                "once" => PullBehavior::Once,
+                "prefer-cached" => PullBehavior::PreferCached,
+                _ => {
+                    return Err(format!(
+                        "expected default, always, once or prefer-cached, got {v:?}"
+                    ))
+                }
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION",
+        default: "1h",
+        meaning: "stopped task containers are removed after this",
+        apply: |c, v| {
+            c.task_cleanup_wait = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_INSTANCE_ATTRIBUTES",
+        default: "{}",
+        meaning: "JSON map of string attributes, reported at registration",
+        apply: |c, v| {
+            c.instance_attributes = serde_json::from_str(v)
+                .map_err(|_| format!("expected a JSON object of strings, got {v:?}"))?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_SERVICES_DIR",
+        default: "/etc/dockhand/services",
+        meaning: "directory of standalone service files (<serviceName>.json)",
+        apply: |c, v| {
+            c.services_dir = absolute_path(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_LISTEN",
+        default: "0.0.0.0:80",
+        meaning: "comma-separated proxy listener addresses",
+        apply: |c, v| {
+            c.proxy_listen = v
+                .split(',')
+                .map(|a| a.trim())
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    a.parse()
+                        .map_err(|_| format!("expected IP:PORT addresses, got {a:?}"))
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_API_LISTEN",
+        default: "127.0.0.1:51678",
+        meaning: "local API address",
+        apply: |c, v| {
+            c.api_listen = v
+                .parse()
+                .map_err(|_| format!("expected an IP:PORT address, got {v:?}"))?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PORT_BIND_ADDRESS",
+        default: "127.0.0.1",
+        meaning: "host IP that task ports are published on",
+        apply: |c, v| {
+            c.port_bind_address = v
+                .parse()
+                .map_err(|_| format!("expected an IP address, got {v:?}"))?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_LOG_FORMAT",
+        default: "text",
+        meaning: "text, or json for one JSON object per line",
+        apply: |c, v| {
+            c.log_format = match v {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(format!("expected text or json, got {v:?}")),
+            };
+            Ok(())
+        },
+    },
+];
+
+/// ECS agent keys that are read elsewhere or mean nothing on a Dockhand host
+/// yet, and so are accepted without a warning.
+const KNOWN_QUIET_ECS_KEYS: &[&str] = &["ECS_ENABLE_TASK_IAM_ROLE", "ECS_LOGFILE"];
+
+impl Config {
+    /// The built-in defaults, as [`KEYS`] states them.
+    pub fn defaults() -> Config {
+        let mut c = Config {
+            cluster: String::new(),
+            backend_host: None,
+            data_dir: PathBuf::new(),
+            log_level: LogLevel::Info,
+            docker_host: String::new(),
+            reserved_memory_mib: 0,
+            reserved_ports: Vec::new(),
+            dynamic_port_range: (0, 0),
+            container_stop_timeout: Duration::ZERO,
+            container_start_timeout: Duration::ZERO,
+            image_pull_behavior: PullBehavior::Default,
+            task_cleanup_wait: Duration::ZERO,
+            instance_attributes: BTreeMap::new(),
+            services_dir: PathBuf::new(),
+            proxy_listen: Vec::new(),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 51678)),
+            port_bind_address: IpAddr::from([127, 0, 0, 1]),
+            log_format: LogFormat::Text,
+        };
+        for key in KEYS {
+            // The defaults are constants of this file, checked by a unit test.
+            (key.apply)(&mut c, key.default).expect("built-in default must parse");
+        }
+        c
+    }
+
+    /// Loads the config file at `path` (it may be absent only when
+    /// `required` is false) with `env` layered on top.
+    ///
+    /// `env` is passed in, never read here, so tests parse from maps.
+    pub fn load(
+        path: &Path,
+        required: bool,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Loaded, ConfigErrors> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => None,
+            Err(e) => {
+                return Err(ConfigErrors(vec![ConfigError {
+                    source: Source::File {
+                        path: path.to_path_buf(),
+                        line: 0,
+                    },
+                    key: None,
+                    why: format!("cannot read config file: {e}"),
+                }]))
+            }
+        };
+        Self::from_parts(path, text.as_deref().unwrap_or(""), env)
+    }
+
+    /// Parses file text (as if read from `path`) with `env` layered on top.
+    pub fn from_parts(
+        path: &Path,
+        text: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Loaded, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        // key -> (value, source); the environment overrides the file.
+        let mut chosen: BTreeMap<String, (String, Source)> = BTreeMap::new();
+
+        for (index, raw) in text.lines().enumerate() {
+            let source = Source::File {
+                path: path.to_path_buf(),
+                line: index + 1,
+            };
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let Some((key, value)) = line.split_once('=') else {
+                errors.push(ConfigError {
+                    source,
+                    key: None,
+                    why: format!("expected KEY=VALUE, got {line:?}"),
+                });
+                continue;
+            };
+            let key = key.trim();
+            match unquote(value.trim()) {
+                Ok(value) => {
+                    chosen.insert(key.to_string(), (value.to_string(), source));
+                }
+                Err(why) => errors.push(ConfigError {
+                    source,
+                    key: Some(key.to_string()),
+                    why,
+                }),
+            }
+        }
+        for (key, value) in env {
+            if is_config_key(key) {
+                chosen.insert(key.clone(), (value.trim().to_string(), Source::Environment));
+            }
+        }
+
+        let mut config = Config::defaults();
+        let mut effective = Vec::with_capacity(KEYS.len());
+        for (key, (value, source)) in &chosen {
+            if KEYS.iter().any(|k| k.name == key) {
+                continue;
+            }
+            if key.starts_with("DOCKHAND_") {
+                let why = match did_you_mean(key) {
+                    Some(near) => format!("unknown key (did you mean {near}?)"),
+                    None => "unknown key".to_string(),
+                };
+                errors.push(ConfigError {
+                    source: source.clone(),
+                    key: Some(key.clone()),
+                    why,
+                });
+            } else if !KNOWN_QUIET_ECS_KEYS.contains(&key.as_str())
+                && (key.starts_with("ECS_") || matches!(source, Source::File { .. }))
+            {
+                warnings.push(format!(
+                    "{source}: {key}: not used by Dockhand, ignored (value {value:?})"
+                ));
+            }
+        }
+        for spec in KEYS {
+            match chosen.get(spec.name) {
+                Some((value, source)) => {
+                    if let Err(why) = (spec.apply)(&mut config, value) {
+                        errors.push(ConfigError {
+                            source: source.clone(),
+                            key: Some(spec.name.to_string()),
+                            why,
+                        });
+                    }
+                    effective.push((spec.name, value.clone(), source.clone()));
+                }
+                None => effective.push((spec.name, spec.default.to_string(), Source::Default)),
+            }
+        }
+        if errors.is_empty() {
+            errors.extend(config.cross_check(&effective));
+        }
+        // Report in reading order: the file by line, then the environment.
+        errors.sort_by_key(|e| match &e.source {
+            Source::File { line, .. } => (0, *line),
+            Source::Environment => (1, 0),
+            Source::Default => (2, 0),
+        });
+        if errors.is_empty() {
+            Ok(Loaded {
+                config,
+                effective,
+                warnings,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Checks between keys, once each key is valid on its own.
+    fn cross_check(&self, effective: &[(&'static str, String, Source)]) -> Vec<ConfigError> {
+        let source_of = |name: &str| {
+            effective
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, _, s)| s.clone())
+                .unwrap_or(Source::Default)
+        };
+        let mut errors = Vec::new();
+        let (lo, hi) = self.dynamic_port_range;
+        let reserved_in_range = self
+            .reserved_ports
+            .iter()
+            .filter(|p| (lo..=hi).contains(*p))
+            .count();
+        if usize::from(hi - lo) < reserved_in_range {
+            errors.push(ConfigError {
+                source: source_of("ECS_DYNAMIC_HOST_PORT_RANGE"),
+                key: Some("ECS_DYNAMIC_HOST_PORT_RANGE".into()),
+                why: "every port of the range is in ECS_RESERVED_PORTS".into(),
+            });
+        }
+        if self.proxy_listen.contains(&self.api_listen) {
+            errors.push(ConfigError {
+                source: source_of("DOCKHAND_API_LISTEN"),
+                key: Some("DOCKHAND_API_LISTEN".into()),
+                why: format!("{} is also a proxy listener", self.api_listen),
+            });
+        }
+        errors
+    }
+}
+
+fn is_config_key(key: &str) -> bool {
+    key.starts_with("ECS_") || key.starts_with("DOCKHAND_") || key == "DOCKER_HOST"
+}
+
+fn non_empty(v: &str) -> Result<String, String> {
+    if v.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(v.to_string())
+    }
+}
+
+fn absolute_path(v: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(v);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!("expected an absolute path, got {v:?}"))
+    }
+}
+
+/// Strips one pair of matching single or double quotes.
+fn unquote(v: &str) -> Result<&str, String> {
+    for q in ['"', '\''] {
+        if let Some(rest) = v.strip_prefix(q) {
+            return rest
+                .strip_suffix(q)
+                .ok_or_else(|| format!("unterminated {q} quote"));
+        }
+    }
+    Ok(v)
+}
+
+/// Parses `300ms`, `30s`, `5m`, `3h`, and sums such as `1m30s`.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let bad = || format!("expected a duration such as 300ms, 30s, 5m or 3h, got {v:?}");
+    let mut total = Duration::ZERO;
+    let mut rest = v.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// The known key nearest to an unknown `DOCKHAND_*` one, if close enough.
+fn did_you_mean(key: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|k| (edit_distance(key, k.name), k.name))
+        .filter(|(d, _)| *d <= 4)
+        .min()
+        .map(|(_, name)| name)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn parse(text: &str, e: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+        Config::from_parts(Path::new("/etc/ecs/ecs.config"), text, &env(e))
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = parse("", &[]).unwrap().config;
+        assert_eq!(c.cluster, "default");
+        assert_eq!(c.backend_host, None);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/dockhand"));
+        assert_eq!(c.reserved_ports, vec![22, 2375, 2376, 51678, 51679]);
+        assert_eq!(c.dynamic_port_range, (49153, 65535));
+        assert_eq!(c.container_stop_timeout, Duration::from_secs(30));
+        assert_eq!(c.container_start_timeout, Duration::from_secs(180));
+        assert_eq!(c.task_cleanup_wait, Duration::from_secs(3600));
+        assert_eq!(c.proxy_listen, vec!["0.0.0.0:80".parse().unwrap()]);
+        assert_eq!(c.api_listen, "127.0.0.1:51678".parse().unwrap());
+        assert_eq!(c.port_bind_address, IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn the_articles_user_data_line_works() {
+        let l = parse("ECS_CLUSTER=my-ecs-cluster\n", &[]).unwrap();
+        assert_eq!(l.config.cluster, "my-ecs-cluster");
+        let (_, value, source) = &l.effective[0];
+        assert_eq!(value, "my-ecs-cluster");
+        assert_eq!(source.to_string(), "/etc/ecs/ecs.config:1");
+    }
+
+    #[test]
+    fn comments_quotes_whitespace_and_environment_override() {
+        let text = "# comment\n\n  ECS_CLUSTER = \"prod\" \nECS_LOGLEVEL='debug'\nexport ECS_RESERVED_MEMORY=256\n";
+        let l = parse(text, &[("ECS_CLUSTER", "from-env"), ("PATH", "/bin")]).unwrap();
+        assert_eq!(l.config.cluster, "from-env");
+        assert_eq!(l.config.log_level, LogLevel::Debug);
+        assert_eq!(l.config.reserved_memory_mib, 256);
+        let cluster = l.effective.iter().find(|e| e.0 == "ECS_CLUSTER").unwrap();
+        assert_eq!(cluster.2, Source::Environment);
+        let level = l.effective.iter().find(|e| e.0 == "ECS_LOGLEVEL").unwrap();
+        assert_eq!(level.2.to_string(), "/etc/ecs/ecs.config:4");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_line() {
+        let text = "ECS_CLUSTER=ok\nECS_CONTAINER_STOP_TIMEOUT=30\nnot a line\nDOCKHAND_PROXY_LISTN=0.0.0.0:80\nECS_DYNAMIC_HOST_PORT_RANGE=9000-8000\n";
+        let errs = parse(text, &[("DOCKHAND_LOG_FORMAT", "xml")]).unwrap_err();
+        let lines: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "/etc/ecs/ecs.config:2: ECS_CONTAINER_STOP_TIMEOUT: expected a duration such as 300ms, 30s, 5m or 3h, got \"30\"",
+                "/etc/ecs/ecs.config:3: expected KEY=VALUE, got \"not a line\"",
+                "/etc/ecs/ecs.config:4: DOCKHAND_PROXY_LISTN: unknown key (did you mean DOCKHAND_PROXY_LISTEN?)",
+                "/etc/ecs/ecs.config:5: ECS_DYNAMIC_HOST_PORT_RANGE: expected FIRST-LAST with 1 <= FIRST <= LAST <= 65535, got \"9000-8000\"",
+                "environment: DOCKHAND_LOG_FORMAT: expected text or json, got \"xml\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_ecs_keys_warn_and_are_ignored() {
+        let l = parse("ECS_ENABLE_SPOT_INSTANCE_DRAINING=true\n", &[]).unwrap();
+        assert_eq!(l.warnings.len(), 1);
+        assert!(l.warnings[0].contains("ECS_ENABLE_SPOT_INSTANCE_DRAINING: not used"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(10800)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "s", "30", "1.5s", "-1s", "10d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn cross_checks_run_after_single_keys() {
+        let errs = parse(
+            "ECS_DYNAMIC_HOST_PORT_RANGE=22-22\nDOCKHAND_API_LISTEN=0.0.0.0:80\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(errs.0.len(), 2, "{errs}");
+    }
+
+    #[test]
+    fn a_missing_optional_file_is_all_defaults() {
+        let l = Config::load(Path::new("/nonexistent/ecs.config"), false, &env(&[])).unwrap();
+        assert_eq!(l.config.cluster, "default");
+        let e = Config::load(Path::new("/nonexistent/ecs.config"), true, &env(&[])).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/ecs.config: cannot read"));
+    }
+}

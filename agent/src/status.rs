@@ -1,0 +1,217 @@
+//! What the agent shows about itself: a snapshot the supervisor publishes
+//! after every reconcile, rendered by the local API in the ECS agent's
+//! introspection shapes (`/v1/metadata`, `/v1/tasks`) and Dockhand's own
+//! (`/v1/services`).
+
+use crate::docker::{Health, RunState};
+use crate::store::{DesiredStatus, TaskRecord};
+use crate::task::TaskObs;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub at: SystemTime,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub cluster: String,
+    pub instance_id: String,
+    /// `None` until the first reconcile has run.
+    pub updated_at: Option<SystemTime>,
+    pub tasks: Vec<TaskStatus>,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerStatus {
+    pub docker_id: String,
+    pub docker_name: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub health: &'static str,
+    pub health_output: Option<String>,
+    pub ports: Vec<(u16, String, u16)>,
+    pub restart_count: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskStatus {
+    pub arn: String,
+    pub id: String,
+    pub service: String,
+    pub family: String,
+    pub revision: u32,
+    pub desired: &'static str,
+    pub known: &'static str,
+    pub healthy: bool,
+    pub stop_reason: Option<String>,
+    pub containers: Vec<ContainerStatus>,
+}
+
+impl TaskStatus {
+    pub fn new(cluster: &str, id: &str, rec: &TaskRecord, obs: Option<&TaskObs>) -> TaskStatus {
+        let containers = obs
+            .map(|t| {
+                t.containers
+                    .iter()
+                    .map(|c| ContainerStatus {
+                        docker_id: c.id.clone(),
+                        docker_name: c.name.clone(),
+                        name: c
+                            .label(crate::docker::label::CONTAINER)
+                            .unwrap_or(&c.name)
+                            .to_string(),
+                        image: c.image.clone(),
+                        state: match &c.state {
+                            RunState::Created => "CREATED".into(),
+                            RunState::Running => "RUNNING".into(),
+                            RunState::Exited { .. } => "STOPPED".into(),
+                            RunState::Other(s) => s.to_uppercase(),
+                        },
+                        exit_code: match c.state {
+                            RunState::Exited { code, .. } => Some(code),
+                            _ => None,
+                        },
+                        health: match c.health {
+                            Health::None => "UNKNOWN",
+                            Health::Starting => "STARTING",
+                            Health::Healthy => "HEALTHY",
+                            Health::Unhealthy => "UNHEALTHY",
+                        },
+                        health_output: c.health_output.clone(),
+                        ports: c.ports.clone(),
+                        restart_count: c.restart_count,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        TaskStatus {
+            arn: format!("arn:aws:ecs:local:000000000000:task/{cluster}/{id}"),
+            id: id.to_string(),
+            service: rec.service.clone(),
+            family: rec.family.clone(),
+            revision: rec.revision,
+            desired: match rec.desired {
+                DesiredStatus::Running => "RUNNING",
+                DesiredStatus::Stopped => "STOPPED",
+            },
+            known: obs.map_or("PENDING", |t| t.known_status().as_str()),
+            healthy: obs.is_some_and(TaskObs::healthy),
+            stop_reason: rec.stop_reason.clone(),
+            containers,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub family: String,
+    /// The revision the service wants; `None` if no valid spec is known.
+    pub revision: Option<u32>,
+    pub desired: u32,
+    pub running: u32,
+    pub healthy: u32,
+    pub running_by_revision: BTreeMap<u32, u32>,
+    pub pending_reason: Option<String>,
+    pub broken_file: bool,
+    pub consecutive_failures: u32,
+    pub total_failures: u64,
+    pub events: Vec<Event>,
+}
+
+fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Snapshot {
+    pub fn container_instance_arn(&self) -> String {
+        format!(
+            "arn:aws:ecs:local:000000000000:container-instance/{}/{}",
+            self.cluster, self.instance_id
+        )
+    }
+
+    /// `GET /v1/metadata`, the ECS agent's shape.
+    pub fn metadata_json(&self) -> Value {
+        json!({
+            "Cluster": self.cluster,
+            "ContainerInstanceArn": self.container_instance_arn(),
+            "Version": format!("Dockhand v{}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+
+    /// `GET /v1/tasks`, the ECS agent's shape plus health and exit codes.
+    pub fn tasks_json(&self) -> Value {
+        let tasks: Vec<Value> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                json!({
+                    "Arn": t.arn,
+                    "DesiredStatus": t.desired,
+                    "KnownStatus": t.known,
+                    "Family": t.family,
+                    "Version": t.revision.to_string(),
+                    "ServiceName": t.service,
+                    "Healthy": t.healthy,
+                    "StoppedReason": t.stop_reason,
+                    "Containers": t.containers.iter().map(|c| json!({
+                        "DockerId": c.docker_id,
+                        "DockerName": c.docker_name,
+                        "Name": c.name,
+                        "Image": c.image,
+                        "KnownStatus": c.state,
+                        "ExitCode": c.exit_code,
+                        "HealthStatus": c.health,
+                        "HealthOutput": c.health_output,
+                        "RestartCount": c.restart_count,
+                        "Ports": c.ports.iter().map(|(cp, proto, hp)| json!({
+                            "ContainerPort": cp, "Protocol": proto, "HostPort": hp,
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "Tasks": tasks })
+    }
+
+    /// `GET /v1/services`: Dockhand's own view per service.
+    pub fn services_json(&self) -> Value {
+        let services: Vec<Value> = self
+            .services
+            .iter()
+            .map(|s| {
+                json!({
+                    "ServiceName": s.name,
+                    "Family": s.family,
+                    "Revision": s.revision,
+                    "DesiredCount": s.desired,
+                    "RunningCount": s.running,
+                    "HealthyCount": s.healthy,
+                    "Deployments": s.running_by_revision.iter().map(|(rev, n)| json!({
+                        "Revision": rev, "RunningCount": n,
+                        "Status": if Some(*rev) == s.revision { "PRIMARY" } else { "ACTIVE" },
+                    })).collect::<Vec<_>>(),
+                    "PendingReason": s.pending_reason,
+                    "ServiceFileInvalid": s.broken_file,
+                    "ConsecutiveFailures": s.consecutive_failures,
+                    "TotalFailures": s.total_failures,
+                    "Events": s.events.iter().rev().map(|e| json!({
+                        "At": time(e.at), "Message": e.message,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "Services": services,
+            "UpdatedAt": self.updated_at.map(time),
+        })
+    }
+}

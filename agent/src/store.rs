@@ -1,0 +1,267 @@
+//! Durable agent state in `ECS_DATADIR/state.json`.
+//!
+//! What must outlive the agent process: the instance id (it labels every
+//! container, so a restarted agent finds its own), the revision numbers given
+//! to each task-definition digest, each task's desired status (a stop the
+//! agent began is finished by the next agent), crash counts and backoff, and
+//! each service's last good spec (so a broken service file does not lose it).
+//!
+//! Every save writes a temporary file, fsyncs it, renames it over the old
+//! one and fsyncs the directory: a crash at any point leaves either the old or
+//! the new state, never a torn one. The state is small (a record per task), so
+//! rewriting it whole is cheaper than running an embedded database.
+
+use crate::taskdef::ServiceSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid agent state ({source}); move it away to start with a new instance id, which orphans this host's containers")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Whether the agent wants a task running or stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DesiredStatus {
+    Running,
+    Stopped,
+}
+
+/// What the agent knows of one task beyond what Docker's labels say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub service: String,
+    pub family: String,
+    pub revision: u32,
+    pub digest: String,
+    pub desired: DesiredStatus,
+    /// Why the task was stopped, for status and events.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// Remove the containers once stopped (scale-in, removed service,
+    /// replaced revision); crashed tasks stay for inspection until cleanup.
+    #[serde(default)]
+    pub remove_when_stopped: bool,
+    /// The task's failure was counted toward its service's crash backoff.
+    #[serde(default)]
+    pub crash_counted: bool,
+    /// Unix milliseconds when the agent created the task.
+    pub created_at_ms: u64,
+}
+
+/// Per-service state that must survive restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The last spec that parsed and validated.
+    #[serde(default)]
+    pub last_good: Option<ServiceSpec>,
+    /// Failures since the last task that ran long enough to reset backoff.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// No replacement task starts before this (unix milliseconds).
+    #[serde(default)]
+    pub next_start_at_ms: u64,
+    /// Tasks of this service that failed, ever.
+    #[serde(default)]
+    pub total_failures: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub instance_id: String,
+    /// family -> task-definition digests; revision N is at index N-1.
+    #[serde(default)]
+    pub revisions: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskRecord>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceRecord>,
+}
+
+impl State {
+    /// The revision number of `digest` in `family`, numbering it if new.
+    pub fn revision_of(&mut self, family: &str, digest: &str) -> u32 {
+        let list = self.revisions.entry(family.to_string()).or_default();
+        let index = match list.iter().position(|d| d == digest) {
+            Some(i) => i,
+            None => {
+                list.push(digest.to_string());
+                list.len() - 1
+            }
+        };
+        u32::try_from(index + 1).unwrap_or(u32::MAX)
+    }
+}
+
+/// The state and where it lives.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    dir: PathBuf,
+    pub state: State,
+    saved: State,
+}
+
+impl Store {
+    /// Opens the state in `dir`, creating the directory and a new instance
+    /// id on first start.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(STATE_FILE);
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+                path: path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
+                instance_id: random_hex(16),
+                revisions: BTreeMap::new(),
+                tasks: BTreeMap::new(),
+                services: BTreeMap::new(),
+            },
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        let mut store = Store {
+            path,
+            dir: dir.to_path_buf(),
+            saved: state.clone(),
+            state,
+        };
+        // Persist a new instance id before any container carries it.
+        store.save_forced()?;
+        Ok(store)
+    }
+
+    /// Writes the state if it changed since the last save.
+    pub fn save(&mut self) -> Result<(), StoreError> {
+        if self.state == self.saved {
+            return Ok(());
+        }
+        self.save_forced()
+    }
+
+    fn save_forced(&mut self) -> Result<(), StoreError> {
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let write_err = |source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        // Serializing plain data with string keys cannot fail.
+        let bytes = serde_json::to_vec_pretty(&self.state).expect("state serializes");
+        let mut f = std::fs::File::create(&tmp).map_err(write_err)?;
+        f.write_all(&bytes).map_err(write_err)?;
+        f.sync_all().map_err(write_err)?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path).map_err(write_err)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write_err)?;
+        self.saved = self.state.clone();
+        Ok(())
+    }
+}
+
+/// `n` random bytes from the kernel, as lowercase hex.
+pub fn random_hex(n: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    // /dev/urandom exists on every Linux the agent supports; without it the
+    // fallback still gives ids unique per process and moment.
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            ^ u128::from(std::process::id());
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dockhand-store-{name}-{}", random_hex(6)));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn instance_id_survives_reopen() {
+        let dir = temp_dir("reopen");
+        let id = Store::open(&dir).unwrap().state.instance_id;
+        assert_eq!(id.len(), 32);
+        assert_eq!(Store::open(&dir).unwrap().state.instance_id, id);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_leftover_temp_file_does_not_replace_good_state() {
+        let dir = temp_dir("torn");
+        let mut s = Store::open(&dir).unwrap();
+        s.state.revision_of("web", "aaaa");
+        s.save().unwrap();
+        // A crash in the middle of the next save leaves a torn temp file.
+        std::fs::write(dir.join("state.json.tmp"), b"{\"instance_id\": \"trunc").unwrap();
+        let again = Store::open(&dir).unwrap();
+        assert_eq!(again.state.revisions["web"], vec!["aaaa".to_string()]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_not_a_new_identity() {
+        let dir = temp_dir("corrupt");
+        std::fs::write(dir.join("state.json"), b"not json").unwrap();
+        let err = Store::open(&dir).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn revisions_are_numbered_by_content() {
+        let mut s = State {
+            instance_id: String::new(),
+            revisions: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            services: BTreeMap::new(),
+        };
+        assert_eq!(s.revision_of("web", "a"), 1);
+        assert_eq!(s.revision_of("web", "b"), 2);
+        assert_eq!(s.revision_of("web", "a"), 1);
+        assert_eq!(s.revision_of("api", "a"), 1);
+    }
+}
