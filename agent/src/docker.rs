@@ -162,7 +162,7 @@ fn parse_time(s: Option<&str>) -> Option<SystemTime> {
     if s.starts_with("0001-") {
         return None;
     }
-    humantime::parse_rfc3339_weak(s.trim_end_matches('Z').split('.').next()?).ok()
+    humantime::parse_rfc3339_weak(s).ok()
 }
 
 /// Lists and inspects every container labelled with this agent's instance id.
@@ -594,7 +594,15 @@ mod tests {
     #[test]
     fn docker_times() {
         assert!(parse_time(Some("0001-01-01T00:00:00Z")).is_none());
-        assert!(parse_time(Some("2026-11-26T07:01:02.123456789Z")).is_some());
+        let t = parse_time(Some("2026-11-26T07:01:02.123456789Z")).unwrap();
+        let nanos = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        assert_eq!(
+            nanos, 123_456_789,
+            "sub-second precision orders tasks started together"
+        );
         assert!(parse_time(Some("garbage")).is_none());
     }
 }

@@ -534,7 +534,11 @@ impl<S: DesiredSource> Supervisor<S> {
                     current: r.digest == digest,
                     healthy: !stopping && obs.is_some_and(TaskObs::healthy),
                     stopping,
-                    created_at_ms: r.created_at_ms,
+                    // Docker's start time orders "longest running" best;
+                    // the record's time covers tasks not started yet.
+                    created_at_ms: obs
+                        .and_then(TaskObs::started_at)
+                        .map_or(r.created_at_ms, ms_of),
                 })
             })
             .collect();
@@ -545,6 +549,9 @@ impl<S: DesiredSource> Supervisor<S> {
             dc.maximum_percent.clamp(100, 1000) as u32,
             &views,
         );
+        if !plan.stop.is_empty() || plan.start > 0 {
+            tracing::debug!(service = name, ?views, ?plan, "rollout plan");
+        }
         for (id, why) in &plan.stop {
             self.request_stop(id, why, tasks);
         }

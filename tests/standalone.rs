@@ -1,0 +1,438 @@
+//! The standalone agent against a real Docker engine: service files in, the
+//! right containers out, through crashes and agent restarts.
+
+mod support;
+
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use support::{docker, http_get, wait_for, webapp_service, Agent};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_tasks_run_on_distinct_dynamic_ports_and_answer() {
+    let d = docker().await;
+    let mut agent = Agent::new("three", &[]);
+    agent.start();
+    let written = Instant::now();
+    agent.write_service(webapp_service("hello", 3, &[]));
+
+    let running = wait_for(T, "3 running tasks answering Hello world!", || async {
+        let running = agent.running(&d).await;
+        let answering = running
+            .iter()
+            .filter(|c| {
+                c.ports.len() == 1
+                    && matches!(http_get(c.ports[0], "/"), Ok((200, ref b)) if b == "Hello world!\n")
+            })
+            .count();
+        (answering == 3).then_some(running)
+    })
+    .await;
+    eprintln!(
+        "figure: service file written -> 3 tasks answering: {} ms",
+        written.elapsed().as_millis()
+    );
+
+    let ports: BTreeSet<u16> = running.iter().map(|c| c.ports[0]).collect();
+    assert_eq!(ports.len(), 3, "distinct host ports: {ports:?}");
+    for p in &ports {
+        assert!(
+            (agent.port_range.0..=agent.port_range.1).contains(p),
+            "port {p} outside ECS_DYNAMIC_HOST_PORT_RANGE {:?}",
+            agent.port_range
+        );
+    }
+    // ECS and Dockhand labels on every container.
+    for c in &running {
+        for key in [
+            "dockhand.instance",
+            "dockhand.service",
+            "dockhand.task",
+            "dockhand.revision",
+            "com.amazonaws.ecs.task-arn",
+            "com.amazonaws.ecs.container-name",
+            "com.amazonaws.ecs.task-definition-family",
+            "com.amazonaws.ecs.task-definition-version",
+            "com.amazonaws.ecs.cluster",
+        ] {
+            assert!(c.labels.contains_key(key), "{} lacks label {key}", c.name);
+        }
+        assert_eq!(
+            c.labels["com.amazonaws.ecs.task-definition-family"],
+            "hello"
+        );
+        assert_eq!(c.labels["com.amazonaws.ecs.cluster"], "test");
+    }
+    // The local API agrees.
+    let s = wait_for(T, "/v1/services to show 3 running", || async {
+        agent.service("hello").filter(|s| s["RunningCount"] == 3)
+    })
+    .await;
+    assert_eq!(s["DesiredCount"], 3);
+    let tasks = agent.api_get("/v1/tasks").expect("/v1/tasks");
+    assert_eq!(tasks["Tasks"].as_array().map(Vec::len), Some(3));
+    let meta = agent.api_get("/v1/metadata").expect("/v1/metadata");
+    assert_eq!(meta["Cluster"], "test");
+    assert_eq!(http_get(agent.api, "/nope").unwrap().0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_task_is_replaced_within_a_second() {
+    let d = docker().await;
+    let mut agent = Agent::new("kill", &[]);
+    agent.start();
+    agent.write_service(webapp_service("victim", 1, &[]));
+    let first = wait_for(T, "one running task", || async {
+        agent.running(&d).await.into_iter().next()
+    })
+    .await;
+
+    let killed = Instant::now();
+    let status = std::process::Command::new("docker")
+        .args(["kill", &first.id])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("docker kill");
+    assert!(status.success());
+    let replacement = wait_for(T, "a replacement task", || async {
+        agent
+            .running(&d)
+            .await
+            .into_iter()
+            .find(|c| c.id != first.id)
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!(
+        "figure: docker kill -> replacement running: {} ms",
+        took.as_millis()
+    );
+    assert!(replacement.running);
+
+    // The killed task's container stays for inspection (cleanup wait), and
+    // its failure is reported with the exit code.
+    let all = agent.containers(&d).await;
+    let dead = all
+        .iter()
+        .find(|c| c.id == first.id)
+        .expect("killed container kept");
+    assert_eq!(dead.exit_code, Some(137));
+    let s = wait_for(T, "/v1/services to count the failure", || async {
+        agent.service("victim").filter(|s| s["TotalFailures"] == 1)
+    })
+    .await;
+    let events = s["Events"].to_string();
+    assert!(
+        events.contains("essential container web exited with code 137"),
+        "{events}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_looping_task_is_retried_with_growing_delays() {
+    let d = docker().await;
+    let mut agent = Agent::new("crashloop", &[]);
+    agent.start();
+    agent.write_service(webapp_service(
+        "crashy",
+        1,
+        &[("EXIT_AFTER_MS", "100"), ("EXIT_CODE", "3")],
+    ));
+
+    // Failures 1..=5 give delays 0, 1, 2, 4, 8 s before the next start.
+    let containers = wait_for(Duration::from_secs(40), "5 crashed tasks", || async {
+        let c = agent.containers(&d).await;
+        let crashed = c.iter().filter(|c| c.exit_code == Some(3)).count();
+        (crashed >= 5).then_some(c)
+    })
+    .await;
+    let starts: Vec<std::time::SystemTime> = containers
+        .iter()
+        .filter_map(|c| humantime::parse_rfc3339_weak(&c.started_at).ok())
+        .collect();
+    let gaps: Vec<u64> = starts
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).unwrap_or_default().as_millis() as u64)
+        .collect();
+    eprintln!("figure: ms between crash-loop starts: {gaps:?}");
+    assert!(gaps.len() >= 4, "{gaps:?}");
+    // Each task lives ~0.1 s, then waits 0, 1, 2, 4 s before the next.
+    assert!(gaps[0] < 1000, "first replacement at once: {gaps:?}");
+    assert!(
+        gaps[1] >= 1000 && gaps[2] >= 2000 && gaps[3] >= 4000,
+        "delays double: {gaps:?}"
+    );
+    assert!(gaps[3] < 6000, "no longer than the backoff asks: {gaps:?}");
+
+    let s = wait_for(T, "/v1/services to count 5 failures", || async {
+        agent
+            .service("crashy")
+            .filter(|s| s["ConsecutiveFailures"].as_u64() >= Some(5))
+    })
+    .await;
+    let reason = s["PendingReason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("restart backoff") || s["RunningCount"] == 1,
+        "pending reason names the backoff: {s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_adopts_its_tasks_and_restarts_none() {
+    let d = docker().await;
+    let mut agent = Agent::new("adopt", &[]);
+    agent.start();
+    agent.write_service(webapp_service("steady", 3, &[]));
+    let before = wait_for(T, "3 running tasks", || async {
+        let r = agent.running(&d).await;
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+
+    let (_, status) = agent.signal_and_wait("KILL");
+    assert!(!status.success());
+    agent.start();
+    // Wait until the new agent has reconciled at least once...
+    wait_for(T, "the new agent's first reconcile", || async {
+        agent.service("steady").filter(|s| s["RunningCount"] == 3)
+    })
+    .await;
+    // ...and give it a few more passes to do anything wrong.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = agent.containers(&d).await;
+    let ids = |v: &[support::Container]| {
+        v.iter()
+            .map(|c| (c.id.clone(), c.started_at.clone()))
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        ids(&before),
+        ids(&after),
+        "same containers, same start times, none added"
+    );
+    assert!(after.iter().all(|c| c.running));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scaling_3_1_2_then_removing_the_file() {
+    let d = docker().await;
+    let mut agent = Agent::new("scale", &[]);
+    agent.start();
+    agent.write_service(webapp_service("scaled", 3, &[]));
+    let three = wait_for(T, "3 running", || async {
+        let r = agent.running(&d).await;
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+
+    agent.write_service(webapp_service("scaled", 1, &[]));
+    let one = wait_for(T, "1 container left, the others removed", || async {
+        let all = agent.containers(&d).await;
+        (all.len() == 1 && all[0].running).then_some(all)
+    })
+    .await;
+    // Scale-in keeps the longest-running task: the first one started.
+    assert_eq!(one[0].id, three[0].id);
+
+    agent.write_service(webapp_service("scaled", 2, &[]));
+    wait_for(T, "2 running", || async {
+        let all = agent.containers(&d).await;
+        (all.len() == 2 && all.iter().all(|c| c.running)).then_some(())
+    })
+    .await;
+
+    agent.remove_service("scaled");
+    wait_for(T, "every container removed", || async {
+        agent.containers(&d).await.is_empty().then_some(())
+    })
+    .await;
+    let log = agent.log();
+    assert!(log.contains("service removed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_leaves_containers_running_and_exits_promptly() {
+    let d = docker().await;
+    let mut agent = Agent::new("sigterm", &[]);
+    agent.start();
+    agent.write_service(webapp_service("stays", 2, &[]));
+    let before = wait_for(T, "2 running", || async {
+        let r = agent.running(&d).await;
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    let (took, status) = agent.signal_and_wait("TERM");
+    eprintln!("figure: SIGTERM -> agent exit: {} ms", took.as_millis());
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert!(took < Duration::from_secs(3), "exited promptly: {took:?}");
+    let after = agent.running(&d).await;
+    assert_eq!(after.len(), 2);
+    assert_eq!(before[0].id, after[0].id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_config_exits_78_listing_every_error_and_starts_nothing() {
+    let agent = Agent::new(
+        "badconfig",
+        &[
+            "ECS_CONTAINER_STOP_TIMEOUT=thirty",
+            "DOCKHAND_PROXY_LISTN=0.0.0.0:80",
+        ],
+    );
+    let data = agent.dir.join("data");
+    let out = support::dockhand()
+        .args(["agent", "--config"])
+        .arg(&agent.config)
+        .output()
+        .expect("run dockhand");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let cfg = agent.config.display().to_string();
+    assert!(stderr.contains(&format!(
+        "{cfg}:11: ECS_CONTAINER_STOP_TIMEOUT: expected a duration such as 300ms, 30s, 5m or 3h, got \"thirty\""
+    )), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{cfg}:12: DOCKHAND_PROXY_LISTN: unknown key (did you mean DOCKHAND_PROXY_LISTEN?)"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !data.exists(),
+        "no state written before the config is valid"
+    );
+    assert!(
+        http_get(agent.api, "/v1/metadata").is_err(),
+        "API never bound"
+    );
+
+    // `config check` says the same, with the same exit code.
+    let check = support::dockhand()
+        .args(["config", "check", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(78));
+    assert_eq!(String::from_utf8_lossy(&check.stderr), stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_service_file_is_reported_and_skipped_and_loses_nothing() {
+    let d = docker().await;
+    let mut agent = Agent::new("badfile", &[]);
+    agent.start();
+    agent.write_service(webapp_service("good", 1, &[]));
+    let mut broken = webapp_service("keeper", 2, &[]);
+    agent.write_service(broken.clone());
+    let before = wait_for(T, "3 running", || async {
+        let r = agent.running(&d).await;
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+
+    // A new, bad service and a bad edit of a running one.
+    let mut bad = webapp_service("bad", 1, &[]);
+    bad["taskDefinition"]["containerDefinitions"][0]["portMappings"][0]["containerPort"] =
+        json!(70000);
+    agent.write_service(bad);
+    broken["desiredCount"] = json!("two");
+    agent.write_service(broken);
+
+    let log = wait_for(T, "both errors in the log", || async {
+        let log = agent.log();
+        (log.contains("bad.json: taskDefinition.containerDefinitions[0].portMappings[0].containerPort: must be 1-65535")
+            && log.contains("keeper.json: desiredCount: invalid type: string \"two\""))
+        .then_some(log)
+    })
+    .await;
+    assert!(log.contains("service file skipped"), "{log}");
+    let s = wait_for(T, "keeper marked invalid", || async {
+        agent
+            .service("keeper")
+            .filter(|s| s["ServiceFileInvalid"] == true)
+    })
+    .await;
+    assert_eq!(s["RunningCount"], 2, "last good version keeps running: {s}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = agent.containers(&d).await;
+    let ids = |v: &[support::Container]| v.iter().map(|c| c.id.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        ids(&before),
+        ids(&after),
+        "nothing started, stopped or changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_does_not_fit_stays_pending_with_its_reason() {
+    let d = docker().await;
+    let mut agent = Agent::new("toobig", &["ECS_RESERVED_MEMORY=100"]);
+    agent.start();
+    let mut svc = webapp_service("huge", 1, &[]);
+    svc["taskDefinition"]["containerDefinitions"][0]["memory"] = json!(10_000_000);
+    agent.write_service(svc);
+    let s = wait_for(T, "a pending reason", || async {
+        agent
+            .service("huge")
+            .filter(|s| s["PendingReason"].is_string())
+    })
+    .await;
+    let reason = s["PendingReason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("not enough memory: needs 10000000 MiB, ")
+            && reason.ends_with(" MiB free"),
+        "{reason}"
+    );
+    assert_eq!(s["RunningCount"], 0);
+    assert!(agent.containers(&d).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_start_in_depends_on_order() {
+    let d = docker().await;
+    let mut agent = Agent::new("depends", &[]);
+    agent.start();
+    let mut svc = webapp_service("ordered", 1, &[]);
+    let mut init = svc["taskDefinition"]["containerDefinitions"][0].clone();
+    init["name"] = json!("init");
+    init["essential"] = json!(false);
+    init["portMappings"] = json!([]);
+    init["environment"] =
+        json!([{"name": "EXIT_AFTER_MS", "value": "700"}, {"name": "EXIT_CODE", "value": "0"}]);
+    svc["taskDefinition"]["containerDefinitions"][0]["dependsOn"] =
+        json!([{"containerName": "init", "condition": "SUCCESS"}]);
+    svc["taskDefinition"]["containerDefinitions"]
+        .as_array_mut()
+        .unwrap()
+        .push(init);
+    agent.write_service(svc);
+
+    let all = wait_for(T, "web running after init succeeded", || async {
+        let all = agent.containers(&d).await;
+        let web_up = all.iter().any(|c| {
+            c.running && c.labels.get("dockhand.container").map(String::as_str) == Some("web")
+        });
+        (all.len() == 2 && web_up).then_some(all)
+    })
+    .await;
+    let init = all
+        .iter()
+        .find(|c| c.labels["dockhand.container"] == "init")
+        .unwrap();
+    let web = all
+        .iter()
+        .find(|c| c.labels["dockhand.container"] == "web")
+        .unwrap();
+    assert_eq!(init.exit_code, Some(0));
+    assert!(
+        web.started_at > init.finished_at,
+        "web started {} after init finished {}",
+        web.started_at,
+        init.finished_at
+    );
+    // A non-essential container exiting does not stop the task.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(agent.running(&d).await.len(), 1);
+}

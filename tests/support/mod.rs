@@ -1,0 +1,407 @@
+//! Test rig for integration tests against a real Docker engine.
+//!
+//! Each [`Agent`] is a real `dockhand agent` process with its own data
+//! directory, services directory, API port and host-port range, so tests run
+//! in parallel without seeing each other. Every container it creates carries
+//! the `dockhand-test` label with the test's id (injected into each service
+//! file), and dropping the `Agent` kills the process and removes those
+//! containers, logging instead of panicking.
+
+#![allow(dead_code)] // Each test binary uses a different part of the rig.
+
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
+use bollard::Docker;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const TEST_LABEL: &str = "dockhand-test";
+
+pub fn image() -> String {
+    std::env::var("DOCKHAND_TEST_IMAGE").unwrap_or_else(|_| "dockhand-test/webapp:latest".into())
+}
+
+pub fn docker_host() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+}
+
+pub async fn docker() -> Docker {
+    Docker::connect_with_host(&docker_host())
+        .expect("DOCKER_HOST is usable (scripts/test.sh sets it)")
+        .negotiate_version()
+        .await
+        .expect("a Docker engine answers (run the tests through scripts/test.sh)")
+}
+
+/// A port range per agent, so parallel agents never compete for ports.
+fn next_port_range() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed);
+    // Per test binary, offset by pid so binaries run one after another with
+    // fresh ranges too; below the usual ephemeral range (32768+).
+    let base = 20000 + ((std::process::id() as u16 % 20) * 500) + (slot % 10) * 50;
+    (base, base + 49)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on loopback")
+}
+
+pub struct Agent {
+    pub id: String,
+    pub dir: PathBuf,
+    pub services: PathBuf,
+    pub config: PathBuf,
+    pub api: u16,
+    pub port_range: (u16, u16),
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Prepares (but does not start) an agent; `extra` lines go into its
+    /// ecs.config.
+    pub fn new(test: &str, extra: &[&str]) -> Agent {
+        let id = format!("{test}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("dockhand-it-{id}-{}", rand_suffix()));
+        let services = dir.join("services");
+        std::fs::create_dir_all(&services).expect("create test dirs");
+        let api = free_port();
+        let port_range = next_port_range();
+        let mut text = format!(
+            "ECS_CLUSTER=test\nECS_DATADIR={}\nDOCKHAND_SERVICES_DIR={}\nDOCKER_HOST={}\n\
+             DOCKHAND_API_LISTEN=127.0.0.1:{api}\nDOCKHAND_PROXY_LISTEN=127.0.0.1:0\n\
+             ECS_DYNAMIC_HOST_PORT_RANGE={}-{}\nECS_IMAGE_PULL_BEHAVIOR=prefer-cached\n\
+             ECS_CONTAINER_STOP_TIMEOUT=5s\nECS_LOGLEVEL=debug\n",
+            dir.join("data").display(),
+            services.display(),
+            docker_host(),
+            port_range.0,
+            port_range.1,
+        );
+        for line in extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let config = dir.join("ecs.config");
+        std::fs::write(&config, text).expect("write test config");
+        Agent {
+            id,
+            dir,
+            services,
+            config,
+            api,
+            port_range,
+            child: None,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the agent process (appending to its log).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open agent log");
+        let child = dockhand()
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dockhand agent");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    /// Sends `signal` and waits for the process to exit; returns how long
+    /// that took and the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> (Duration, std::process::ExitStatus) {
+        let mut child = self.child.take().expect("agent running");
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status();
+        let status = child.wait().expect("wait for agent");
+        (started.elapsed(), status)
+    }
+
+    /// Writes a service file, labelling every container for cleanup.
+    pub fn write_service(&self, mut service: Value) {
+        let name = service["serviceName"]
+            .as_str()
+            .expect("serviceName")
+            .to_string();
+        if let Some(cs) = service["taskDefinition"]["containerDefinitions"].as_array_mut() {
+            for c in cs {
+                c["dockerLabels"][TEST_LABEL] = json!(self.id);
+            }
+        }
+        self.write_raw(
+            &name,
+            &serde_json::to_string_pretty(&service).expect("json"),
+        );
+    }
+
+    /// Installs a file atomically, as `dockhand deploy` will.
+    pub fn write_raw(&self, name: &str, text: &str) {
+        let tmp = self.services.join(format!(".{name}.json.tmp"));
+        std::fs::write(&tmp, text).expect("write service file");
+        std::fs::rename(&tmp, self.services.join(format!("{name}.json")))
+            .expect("install service file");
+    }
+
+    pub fn remove_service(&self, name: &str) {
+        std::fs::remove_file(self.services.join(format!("{name}.json")))
+            .expect("remove service file");
+    }
+
+    pub fn api_get(&self, path: &str) -> Option<Value> {
+        let (status, body) = http_get(self.api, path).ok()?;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    }
+
+    /// The service's entry in `/v1/services`, once the agent has reconciled.
+    pub fn service(&self, name: &str) -> Option<Value> {
+        let v = self.api_get("/v1/services")?;
+        v["Services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["ServiceName"] == name)
+            .cloned()
+    }
+
+    /// This agent's containers (all states), by the test label.
+    pub async fn containers(&self, docker: &Docker) -> Vec<Container> {
+        let filters: HashMap<&str, Vec<String>> =
+            HashMap::from([("label", vec![format!("{TEST_LABEL}={}", self.id)])]);
+        let list = docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .expect("list containers");
+        let mut out = Vec::new();
+        for s in list {
+            let Some(id) = s.id else { continue };
+            let Ok(c) = docker
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+            else {
+                continue;
+            };
+            let state = c.state.unwrap_or_default();
+            let ports = c
+                .host_config
+                .and_then(|h| h.port_bindings)
+                .unwrap_or_default()
+                .values()
+                .flatten()
+                .flatten()
+                .filter_map(|b| b.host_port.as_deref().and_then(|p| p.parse().ok()))
+                .collect();
+            let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+            out.push(Container {
+                id,
+                name: c
+                    .name
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                running: state.running.unwrap_or(false),
+                exit_code: state.exit_code,
+                started_at: state.started_at.unwrap_or_default(),
+                finished_at: state.finished_at.unwrap_or_default(),
+                ports,
+                labels,
+            });
+        }
+        out.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        out
+    }
+
+    pub async fn running(&self, docker: &Docker) -> Vec<Container> {
+        self.containers(docker)
+            .await
+            .into_iter()
+            .filter(|c| c.running)
+            .collect()
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Synchronous cleanup through the docker CLI: Drop cannot await.
+        let ids = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label={TEST_LABEL}={}", self.id),
+            ])
+            .output();
+        match ids {
+            Ok(out) => {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                if !ids.is_empty() {
+                    let ok = Command::new("docker")
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .stdout(Stdio::null())
+                        .status();
+                    if !matches!(ok, Ok(s) if s.success()) {
+                        eprintln!("cleanup: docker rm -f of {} container(s) failed", ids.len());
+                    }
+                }
+            }
+            Err(e) => eprintln!("cleanup: cannot run docker: {e}"),
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- agent log ({}) ---\n{}",
+                self.log_path().display(),
+                self.log()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub ports: Vec<u16>,
+    pub labels: HashMap<String, String>,
+}
+
+/// The `dockhand` binary under test.
+pub fn dockhand() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
+    // The test's own config must not be overridden by the caller's shell.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ECS_") || k.starts_with("DOCKHAND_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn rand_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{nanos:08x}")
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with
+/// `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A service running the test webapp; `env` adds knobs.
+pub fn webapp_service(name: &str, count: u32, env: &[(&str, &str)]) -> Value {
+    let environment: Vec<Value> = env
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    json!({
+        "serviceName": name,
+        "desiredCount": count,
+        "taskDefinition": {
+            "family": name,
+            "networkMode": "bridge",
+            "containerDefinitions": [{
+                "name": "web",
+                "image": image(),
+                "memory": 32,
+                "essential": true,
+                "stopTimeout": 2,
+                "portMappings": [{"containerPort": 5000, "hostPort": 0, "protocol": "tcp"}],
+                "environment": environment,
+            }]
+        }
+    })
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
