@@ -744,6 +744,26 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_documents_every_key_and_default() {
+        let doc = include_str!("../../docs/configuration.md");
+        for k in KEYS {
+            let row = format!(
+                "| `{}` | {} |",
+                k.name,
+                if k.default.is_empty() {
+                    "empty".to_string()
+                } else {
+                    format!("`{}`", k.default)
+                }
+            );
+            assert!(
+                doc.contains(&row),
+                "docs/configuration.md lacks the row {row}"
+            );
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
