@@ -436,3 +436,36 @@ async fn containers_start_in_depends_on_order() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(agent.running(&d).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_task_definition_replaces_every_task() {
+    let d = docker().await;
+    let mut agent = Agent::new("revision", &[]);
+    agent.start();
+    agent.write_service(webapp_service("rolling", 2, &[("PROVIDER", "world")]));
+    let old = wait_for(T, "2 tasks of revision 1", || async {
+        let r = agent.running(&d).await;
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+
+    // The article's update: PROVIDER from world to ECS.
+    agent.write_service(webapp_service("rolling", 2, &[("PROVIDER", "ECS")]));
+    let new = wait_for(T, "2 tasks of revision 2 answering Hello ECS!, old ones removed", || async {
+        let all = agent.containers(&d).await;
+        let ok = all.len() == 2
+            && all.iter().all(|c| {
+                c.running
+                    && c.labels["dockhand.revision"] == "2"
+                    && matches!(http_get(c.ports[0], "/"), Ok((200, ref b)) if b == "Hello ECS!\n")
+            });
+        ok.then_some(all)
+    })
+    .await;
+    assert!(new.iter().all(|n| old.iter().all(|o| o.id != n.id)));
+    let s = wait_for(T, "/v1/services at revision 2", || async {
+        agent.service("rolling").filter(|s| s["Revision"] == 2 && s["RunningCount"] == 2)
+    })
+    .await;
+    assert!(s["Events"].to_string().contains("replaced by a new revision"), "{s}");
+}
