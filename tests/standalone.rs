@@ -451,21 +451,31 @@ async fn a_changed_task_definition_replaces_every_task() {
 
     // The article's update: PROVIDER from world to ECS.
     agent.write_service(webapp_service("rolling", 2, &[("PROVIDER", "ECS")]));
-    let new = wait_for(T, "2 tasks of revision 2 answering Hello ECS!, old ones removed", || async {
-        let all = agent.containers(&d).await;
-        let ok = all.len() == 2
-            && all.iter().all(|c| {
+    let new = wait_for(
+        T,
+        "2 tasks of revision 2 answering Hello ECS!, old ones removed",
+        || async {
+            let all = agent.containers(&d).await;
+            let ok = all.len() == 2 && all.iter().all(|c| {
                 c.running
                     && c.labels["dockhand.revision"] == "2"
                     && matches!(http_get(c.ports[0], "/"), Ok((200, ref b)) if b == "Hello ECS!\n")
             });
-        ok.then_some(all)
-    })
+            ok.then_some(all)
+        },
+    )
     .await;
     assert!(new.iter().all(|n| old.iter().all(|o| o.id != n.id)));
     let s = wait_for(T, "/v1/services at revision 2", || async {
-        agent.service("rolling").filter(|s| s["Revision"] == 2 && s["RunningCount"] == 2)
+        agent
+            .service("rolling")
+            .filter(|s| s["Revision"] == 2 && s["RunningCount"] == 2)
     })
     .await;
-    assert!(s["Events"].to_string().contains("replaced by a new revision"), "{s}");
+    assert!(
+        s["Events"]
+            .to_string()
+            .contains("replaced by a new revision"),
+        "{s}"
+    );
 }

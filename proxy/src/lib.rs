@@ -1,1 +1,367 @@
+//! Dockhand's in-process reverse proxy.
+//!
+//! The agent owns both the containers and this proxy, so it can guarantee the
+//! order that makes rollouts safe: a new task gets traffic only after its
+//! health checks pass, and a task leaves rotation and drains before it is
+//! stopped.
+//!
+//! ```text
+//!  listeners (server.rs) ──► forward.rs: route table lookup (route.rs)
+//!        │                      │ pick a routable backend (least outstanding)
+//!        │                      ▼
+//!        │                 backend.rs: pooled keep-alive connection,
+//!        │                      in-flight count, passive ejection
+//!        ▼
+//!  health checker per backend (health.rs) ──► HealthEvent ──► agent
+//! ```
+//!
+//! The agent drives it through [`Proxy`]: it declares each service's routes
+//! ([`Proxy::set_routes`]), registers each running task's published port
+//! ([`Proxy::add_backend`]), reads health back ([`Proxy::task_health`]), and
+//! before stopping a task calls [`Proxy::drain`].
 
+pub mod backend;
+pub mod forward;
+pub mod health;
+pub mod route;
+pub mod server;
+
+use backend::Backend;
+use bytes::Bytes;
+use health::Transition;
+use route::{read, write, Route, RouteSpec, Table};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub use route::Algorithm;
+
+/// The body type on both sides of the proxy: streamed, never buffered whole.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Limits and timeouts, with the defaults documented in docs/proxy.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Connecting to a backend.
+    pub connect_timeout: Duration,
+    /// From request sent to the backend's response headers.
+    pub response_timeout: Duration,
+    /// A client keep-alive connection idle this long is closed; also the
+    /// limit for a client to send its request headers.
+    pub idle_timeout: Duration,
+    /// Request line plus headers.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Open client connections; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests get to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A backend's health changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthEvent {
+    pub service: String,
+    pub task: String,
+    pub addr: SocketAddr,
+    pub healthy: bool,
+    /// Why it failed (`/health returned 500`, `timeout after 2s`,
+    /// `connection refused`), or how it passed.
+    pub reason: String,
+}
+
+pub(crate) struct Inner {
+    table: RwLock<Arc<Table>>,
+    /// (service, loadBalancers index) → route.
+    routes: Mutex<BTreeMap<(String, usize), Arc<Route>>>,
+    pub(crate) settings: Settings,
+    events: mpsc::UnboundedSender<HealthEvent>,
+}
+
+impl Inner {
+    pub(crate) fn table(&self) -> Arc<Table> {
+        Arc::clone(&read(&self.table))
+    }
+
+    fn rebuild(&self, routes: &BTreeMap<(String, usize), Arc<Route>>) {
+        let t = Table::new(routes.values().cloned().collect());
+        *write(&self.table) = Arc::new(t);
+    }
+
+    fn report(&self, route: &Route, b: &Backend, t: Option<Transition>, reason: &str) {
+        if let Some(t) = t {
+            let healthy = t == Transition::BecameHealthy;
+            if healthy {
+                tracing::info!(service = %route.service, task = %b.task, addr = %b.addr, "backend healthy");
+            } else {
+                tracing::warn!(service = %route.service, task = %b.task, addr = %b.addr, reason, "backend unhealthy");
+            }
+            let _ = self.events.send(HealthEvent {
+                service: route.service.clone(),
+                task: b.task.clone(),
+                addr: b.addr,
+                healthy,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    pub(crate) fn eject(&self, route: &Route, b: &Backend, why: &str) {
+        let t = b.eject(why, &route.spec().check);
+        self.report(route, b, t, why);
+    }
+}
+
+/// The proxy, shared between the agent and the listeners.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+impl Proxy {
+    /// A proxy with no routes. Health changes are sent to `events`.
+    pub fn new(settings: Settings, events: mpsc::UnboundedSender<HealthEvent>) -> Proxy {
+        Proxy {
+            inner: Arc::new(Inner {
+                table: RwLock::new(Arc::new(Table::default())),
+                routes: Mutex::new(BTreeMap::new()),
+                settings,
+                events,
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Declares a service's routes, one per `loadBalancers` entry. Existing
+    /// routes keep their backends and health state; removed ones stop
+    /// their checks.
+    pub fn set_routes(&self, service: &str, specs: Vec<RouteSpec>) {
+        let mut routes = backend::lock(&self.inner.routes);
+        let before: Vec<(String, usize)> =
+            routes.keys().filter(|k| k.0 == service).cloned().collect();
+        let mut changed = false;
+        for (i, spec) in specs.iter().enumerate() {
+            match routes.get(&(service.to_string(), i)) {
+                Some(r) => {
+                    if *read(&r.spec) != *spec {
+                        *write(&r.spec) = spec.clone();
+                        changed = true;
+                    }
+                }
+                None => {
+                    routes.insert(
+                        (service.to_string(), i),
+                        Arc::new(Route::new(service, i, spec.clone())),
+                    );
+                    changed = true;
+                }
+            }
+        }
+        for key in before {
+            if key.1 >= specs.len() {
+                if let Some(r) = routes.remove(&key) {
+                    for b in r.backends() {
+                        b.stop_checker();
+                    }
+                }
+                changed = true;
+            }
+        }
+        if changed {
+            self.inner.rebuild(&routes);
+        }
+    }
+
+    /// Services that have routes.
+    pub fn services(&self) -> Vec<String> {
+        let routes = backend::lock(&self.inner.routes);
+        let mut s: Vec<String> = routes.keys().map(|k| k.0.clone()).collect();
+        s.dedup();
+        s
+    }
+
+    /// Registers `task`'s published port on a route (idempotent). New
+    /// backends start unhealthy and are checked at once; `adopted` (a task
+    /// found running by a restarted agent) needs one pass, not the
+    /// threshold, so an agent restart does not starve a healthy service.
+    pub fn add_backend(
+        &self,
+        service: &str,
+        index: usize,
+        task: &str,
+        addr: SocketAddr,
+        adopted: bool,
+    ) {
+        let route = {
+            let routes = backend::lock(&self.inner.routes);
+            match routes.get(&(service.to_string(), index)) {
+                Some(r) => Arc::clone(r),
+                None => return,
+            }
+        };
+        let spec = route.spec();
+        {
+            let backends = read(&route.backends);
+            if backends.iter().any(|b| b.task == task && b.addr == addr) {
+                return;
+            }
+        }
+        let rise = if adopted {
+            1
+        } else {
+            spec.check.healthy_threshold
+        };
+        let grace = if adopted { Duration::ZERO } else { spec.grace };
+        let b = Arc::new(Backend::new(task.to_string(), addr, rise, grace));
+        write(&route.backends).push(Arc::clone(&b));
+        tracing::debug!(service, task, %addr, "backend registered");
+        let inner = Arc::clone(&self.inner);
+        let checker_backend = Arc::clone(&b);
+        let handle = tokio::spawn(async move {
+            let b = checker_backend;
+            loop {
+                let check = route.spec().check;
+                let result = health::probe(b.addr, &check).await;
+                let t = b.record(&result, &check);
+                let reason = match &result {
+                    Ok(()) => format!("{} passed {} check(s)", check.path, check.healthy_threshold),
+                    Err(e) => e.clone(),
+                };
+                inner.report(&route, &b, t, &reason);
+                let interval = check.interval;
+                // Wake at the end of the grace period too, to start routing.
+                let grace_left = {
+                    let s = backend::lock(&b.state);
+                    s.grace_until
+                        .saturating_duration_since(std::time::Instant::now())
+                };
+                if !grace_left.is_zero() && grace_left < interval {
+                    tokio::time::sleep(grace_left).await;
+                    b.tick();
+                    tokio::time::sleep(interval - grace_left).await;
+                } else {
+                    tokio::time::sleep(interval).await;
+                }
+                b.tick();
+            }
+        });
+        *backend::lock(&b.checker) = Some(handle);
+    }
+
+    /// Every backend of `task`, on every route.
+    fn backends_of(&self, task: &str) -> Vec<(Arc<Route>, Arc<Backend>)> {
+        let routes = backend::lock(&self.inner.routes);
+        let mut out = Vec::new();
+        for r in routes.values() {
+            for b in read(&r.backends).iter() {
+                if b.task == task {
+                    out.push((Arc::clone(r), Arc::clone(b)));
+                }
+            }
+        }
+        out
+    }
+
+    /// `Some(true)` when every backend of `task` is healthy and routable,
+    /// `None` when it has no backends (no routes, or not registered yet).
+    pub fn task_health(&self, task: &str) -> Option<bool> {
+        let bs = self.backends_of(task);
+        if bs.is_empty() {
+            None
+        } else {
+            Some(bs.iter().all(|(_, b)| b.routable()))
+        }
+    }
+
+    /// The last failure reason of any of `task`'s backends.
+    pub fn task_failure(&self, task: &str) -> Option<String> {
+        self.backends_of(task)
+            .iter()
+            .find_map(|(_, b)| if b.routable() { None } else { b.last_failure() })
+    }
+
+    /// Whether every backend registered so far has been checked once.
+    pub fn all_checked_once(&self) -> bool {
+        let routes = backend::lock(&self.inner.routes);
+        routes
+            .values()
+            .all(|r| read(&r.backends).iter().all(|b| b.checks_done() > 0))
+    }
+
+    /// Takes `task` out of rotation now and returns a future that waits for
+    /// its in-flight requests (at most the route's deregistration delay,
+    /// early when none), closes its upgraded connections, and forgets it.
+    /// The future resolves to the requests still in flight at the end.
+    pub fn drain(&self, task: &str) -> impl std::future::Future<Output = usize> + Send + 'static {
+        let backends = self.backends_of(task);
+        for (_, b) in &backends {
+            b.start_draining();
+        }
+        async move {
+            let mut left = 0;
+            for (route, b) in &backends {
+                let delay = route.spec().deregistration_delay;
+                left += b.drain(delay).await;
+                b.stop_checker();
+                write(&route.backends).retain(|x| !Arc::ptr_eq(x, b));
+            }
+            left
+        }
+    }
+
+    /// Forgets `task` at once (its containers are already gone).
+    pub fn remove_task(&self, task: &str) {
+        for (route, b) in self.backends_of(task) {
+            b.start_draining();
+            b.stop_checker();
+            write(&route.backends).retain(|x| !Arc::ptr_eq(x, &b));
+        }
+    }
+
+    /// Tasks that have backends on `service`'s routes.
+    pub fn tasks_of(&self, service: &str) -> Vec<String> {
+        let routes = backend::lock(&self.inner.routes);
+        let mut out: Vec<String> = routes
+            .iter()
+            .filter(|(k, _)| k.0 == service)
+            .flat_map(|(_, r)| {
+                read(&r.backends)
+                    .iter()
+                    .map(|b| b.task.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Serves on `listeners` until `shutdown`, then stops accepting and
+    /// gives in-flight requests the shutdown grace period.
+    pub async fn serve(
+        &self,
+        listeners: Vec<tokio::net::TcpListener>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        server::serve(Arc::clone(&self.inner), listeners, shutdown).await
+    }
+}

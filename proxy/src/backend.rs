@@ -1,0 +1,241 @@
+//! One backend: a task's published port on one route.
+//!
+//! A backend takes requests only while it is *routable*: healthy by its
+//! active checks, past its grace period, and not draining. It counts its
+//! in-flight requests (a request counts until its response body is done), so
+//! a drain can wait for exactly those; it keeps idle keep-alive connections
+//! in a small pool, dropped when it drains; and it can close the upgraded
+//! (WebSocket) connections it carries when its deregistration delay is over.
+
+use crate::health::{HealthCheck, Hysteresis, Transition};
+use crate::ProxyBody;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// Idle connections kept per backend; more are closed when returned.
+const MAX_IDLE: usize = 512;
+
+pub struct Backend {
+    pub task: String,
+    pub addr: SocketAddr,
+    routable: AtomicBool,
+    in_flight: AtomicUsize,
+    upgraded: AtomicUsize,
+    pub(crate) state: Mutex<CheckState>,
+    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    /// Notified whenever in-flight or upgraded counts drop.
+    quiet: Notify,
+    close_upgraded: watch::Sender<bool>,
+    pub(crate) checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+pub(crate) struct CheckState {
+    pub hysteresis: Hysteresis,
+    pub draining: bool,
+    pub grace_until: Instant,
+    pub checks_done: u64,
+    pub last_failure: Option<String>,
+}
+
+impl Backend {
+    pub(crate) fn new(task: String, addr: SocketAddr, rise: u32, grace: Duration) -> Backend {
+        Backend {
+            task,
+            addr,
+            routable: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
+            state: Mutex::new(CheckState {
+                hysteresis: Hysteresis::new(rise),
+                draining: false,
+                grace_until: Instant::now() + grace,
+                checks_done: 0,
+                last_failure: None,
+            }),
+            idle: Mutex::new(Vec::new()),
+            quiet: Notify::new(),
+            close_upgraded: watch::channel(false).0,
+            checker: Mutex::new(None),
+        }
+    }
+
+    /// Whether new requests may go here: one atomic load on the hot path.
+    pub fn routable(&self) -> bool {
+        self.routable.load(Ordering::Acquire)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn upgraded(&self) -> usize {
+        self.upgraded.load(Ordering::Acquire)
+    }
+
+    pub fn healthy(&self) -> bool {
+        lock(&self.state).hysteresis.healthy()
+    }
+
+    pub fn checks_done(&self) -> u64 {
+        lock(&self.state).checks_done
+    }
+
+    fn refresh_routable(&self, s: &CheckState) {
+        let r = s.hysteresis.healthy() && !s.draining && Instant::now() >= s.grace_until;
+        self.routable.store(r, Ordering::Release);
+    }
+
+    /// Records an active check result; returns a transition to report.
+    pub(crate) fn record(
+        &self,
+        result: &Result<(), String>,
+        check: &HealthCheck,
+    ) -> Option<Transition> {
+        let mut s = lock(&self.state);
+        s.checks_done += 1;
+        if let Err(why) = result {
+            s.last_failure = Some(why.clone());
+        }
+        let t = s.hysteresis.record(result.is_ok(), check);
+        self.refresh_routable(&s);
+        t
+    }
+
+    /// Re-evaluates routability (the grace period may have ended).
+    pub(crate) fn tick(&self) {
+        let s = lock(&self.state);
+        self.refresh_routable(&s);
+    }
+
+    /// Passive ejection after a refused or reset connection.
+    pub(crate) fn eject(&self, why: &str, check: &HealthCheck) -> Option<Transition> {
+        let mut s = lock(&self.state);
+        s.last_failure = Some(why.to_string());
+        let t = s.hysteresis.eject(check);
+        self.refresh_routable(&s);
+        drop(s);
+        lock(&self.idle).clear();
+        t
+    }
+
+    pub fn last_failure(&self) -> Option<String> {
+        lock(&self.state).last_failure.clone()
+    }
+
+    /// Takes the backend out of rotation and closes its idle connections.
+    pub(crate) fn start_draining(&self) {
+        let mut s = lock(&self.state);
+        s.draining = true;
+        self.refresh_routable(&s);
+        drop(s);
+        lock(&self.idle).clear();
+    }
+
+    /// Waits until nothing is in flight and no upgraded connection remains,
+    /// or `limit` passes; then closes what is still upgraded. Returns the
+    /// requests still in flight at the end (0 when drained early).
+    pub(crate) async fn drain(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.quiet.notified();
+            if self.in_flight() == 0 && self.upgraded() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        let _ = self.close_upgraded.send(true);
+        self.in_flight()
+    }
+
+    pub(crate) fn stop_checker(&self) {
+        if let Some(h) = lock(&self.checker).take() {
+            h.abort();
+        }
+        lock(&self.idle).clear();
+    }
+
+    /// An idle connection ready for a request, or a new one.
+    pub(crate) async fn checkout(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<ProxyBody>, std::io::Error> {
+        {
+            let mut idle = lock(&self.idle);
+            idle.retain(|s| !s.is_closed());
+            if let Some(i) = idle.iter().position(|s| s.is_ready()) {
+                return Ok(idle.swap_remove(i));
+            }
+        }
+        let stream =
+            tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(cause = %e, "backend connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Returns a connection to the pool unless the backend is draining.
+    pub(crate) fn checkin(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() || !self.routable() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+
+    pub(crate) fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    pub(crate) fn begin_upgraded(self: &Arc<Self>) -> (Upgraded, watch::Receiver<bool>) {
+        self.upgraded.fetch_add(1, Ordering::AcqRel);
+        (Upgraded(Arc::clone(self)), self.close_upgraded.subscribe())
+    }
+}
+
+/// Counts one in-flight request until dropped.
+pub(crate) struct InFlight(Arc<Backend>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.quiet.notify_waiters();
+    }
+}
+
+/// Counts one upgraded connection until dropped.
+pub(crate) struct Upgraded(Arc<Backend>);
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        self.0.upgraded.fetch_sub(1, Ordering::AcqRel);
+        self.0.quiet.notify_waiters();
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section here
+/// leaves the data consistent, so a panic elsewhere cannot corrupt it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

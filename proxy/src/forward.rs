@@ -1,0 +1,421 @@
+//! Forwarding one request: route, pick a backend, rewrite headers, send,
+//! retry when that is safe, and stream the answer back.
+//!
+//! Retries: a request is tried again (on another backend when there is one)
+//! only when it cannot have reached a backend — the connection failed, or
+//! hyper hands the unsent request back — or when it is idempotent and has no
+//! body, so sending it twice is harmless. Nothing else is retried.
+
+use crate::backend::{Backend, InFlight};
+use crate::health::describe_io;
+use crate::route::Route;
+use crate::{Inner, ProxyBody};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+pub(crate) fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Whether the request asks to switch protocols (WebSocket and the like).
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let upgrade = headers.get(UPGRADE).cloned();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(UPGRADE);
+    if keep_upgrade {
+        if let Some(u) = upgrade {
+            headers.insert(UPGRADE, u);
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+}
+
+/// Sets the `X-Forwarded-*` headers. `For` is appended to what the client
+/// sent; the others describe this hop and replace any sent.
+pub(crate) fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientInfo,
+    host: Option<&HeaderValue>,
+) {
+    let ip = client.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(h) = host {
+        headers.insert("x-forwarded-host", h.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&client.local.port().to_string()) {
+        headers.insert("x-forwarded-port", v);
+    }
+}
+
+/// The host a request is for, lower case, without the port.
+fn request_host(req: &Request<Incoming>) -> String {
+    let raw = req
+        .headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("");
+    let without_port = if raw.starts_with('[') {
+        raw.split(']')
+            .next()
+            .map(|h| format!("{h}]"))
+            .unwrap_or_default()
+    } else {
+        raw.split(':').next().unwrap_or("").to_string()
+    };
+    without_port.to_ascii_lowercase()
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A response body that keeps its request counted as in flight until done.
+struct Tracked {
+    inner: Incoming,
+    _in_flight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Forwards one client request. Never fails: every problem is an answer.
+pub(crate) async fn handle(
+    inner: Arc<Inner>,
+    client: ClientInfo,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let host = request_host(&req);
+    let path = req.uri().path().to_string();
+    let route = {
+        let table = inner.table();
+        match table.find(&host, &path) {
+            Some(r) => Arc::clone(r),
+            None => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("dockhand: no route for host {host:?} and path {path:?}\n"),
+                )
+            }
+        }
+    };
+
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let original_host = req.headers().get(HOST).cloned();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    set_forwarded(&mut parts.headers, &client, original_host.as_ref());
+    parts.version = Version::HTTP_11;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    if !parts.headers.contains_key(HOST) {
+        if let Some(h) = original_host
+            .clone()
+            .or_else(|| HeaderValue::from_str(&host).ok())
+        {
+            parts.headers.insert(HOST, h);
+        }
+    }
+    let bodyless = body.is_end_stream();
+    let replayable = bodyless && idempotent(&parts.method);
+    // Kept to rebuild a bodyless request for a safe retry.
+    let template = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
+    let mut request = Some(Request::from_parts(parts, body.boxed()));
+
+    let settings = &inner.settings;
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut last_error = String::from("no attempt made");
+    for _attempt in 0..3 {
+        let Some(backend) = route.pick(&tried).or_else(|| {
+            // Only one backend: a retry may reuse it on a new connection.
+            (!tried.is_empty()).then(|| route.pick(&[])).flatten()
+        }) else {
+            break;
+        };
+        let req_now = match request.take() {
+            Some(r) => r,
+            None if replayable => {
+                let mut r = Request::new(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                );
+                *r.method_mut() = template.0.clone();
+                *r.uri_mut() = template.1.clone();
+                *r.headers_mut() = template.2.clone();
+                r
+            }
+            None => break,
+        };
+        let in_flight = backend.begin_request();
+        let mut sender = match backend.checkout(settings.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was sent: the request is intact for another try.
+                let why = describe_io(&e);
+                inner.eject(&route, &backend, &why);
+                last_error = format!("connect to {}: {why}", backend.addr);
+                request = Some(req_now);
+                tried.push(backend);
+                continue;
+            }
+        };
+        let sent =
+            tokio::time::timeout(settings.response_timeout, sender.try_send_request(req_now)).await;
+        let response = match sent {
+            Err(_) => {
+                return text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "dockhand: {} did not answer within {}s\n",
+                        route.service,
+                        settings.response_timeout.as_secs()
+                    ),
+                )
+            }
+            Ok(Ok(r)) => r,
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                let err = e.into_error();
+                last_error = format!("{}: {err}", backend.addr);
+                if err.is_closed() || err.is_incomplete_message() {
+                    lock_eject_if_refused(&inner, &route, &backend, &err);
+                }
+                if let Some(r) = unsent {
+                    request = Some(r);
+                    tried.push(backend);
+                    continue;
+                }
+                if replayable {
+                    tried.push(backend);
+                    continue;
+                }
+                break;
+            }
+        };
+        return finish(&backend, sender, response, in_flight, client_upgrade);
+    }
+    if tried.is_empty() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "dockhand: no healthy backend for service {}\n",
+                route.service
+            ),
+        );
+    }
+    text(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "dockhand: backend of service {} failed: {last_error}\n",
+            route.service
+        ),
+    )
+}
+
+fn lock_eject_if_refused(
+    inner: &Inner,
+    route: &Arc<Route>,
+    backend: &Arc<Backend>,
+    err: &hyper::Error,
+) {
+    use std::error::Error as _;
+    let io = err
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>());
+    if let Some(io) = io {
+        if matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+        ) {
+            inner.eject(route, backend, &describe_io(io));
+        }
+    }
+}
+
+fn finish(
+    backend: &Arc<Backend>,
+    sender: hyper::client::conn::http1::SendRequest<ProxyBody>,
+    mut response: Response<Incoming>,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = client_upgrade {
+            let backend_side = hyper::upgrade::on(&mut response);
+            let (guard, mut close) = backend.begin_upgraded();
+            tokio::spawn(async move {
+                let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_side, backend_side)
+                else {
+                    return;
+                };
+                let mut client_io = hyper_util::rt::TokioIo::new(client_io);
+                let mut backend_io = hyper_util::rt::TokioIo::new(backend_io);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client_io, &mut backend_io) => {}
+                    _ = async { let _ = close.wait_for(|c| *c).await; } => {}
+                }
+                drop(guard);
+            });
+        }
+        strip_hop_by_hop(response.headers_mut(), true);
+        drop(in_flight);
+        return response.map(|b| b.boxed());
+    }
+    backend.checkin(sender);
+    strip_hop_by_hop(response.headers_mut(), false);
+    response.map(|inner| {
+        Tracked {
+            inner,
+            _in_flight: in_flight,
+        }
+        .boxed()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn upgrade_headers_survive_only_for_upgrades() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        let mut kept = h.clone();
+        strip_hop_by_hop(&mut kept, true);
+        assert_eq!(kept.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(kept.get(CONNECTION).unwrap(), "upgrade");
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarded_headers_append_for_and_describe_this_hop() {
+        let client = ClientInfo {
+            peer: "10.1.2.3:5555".parse().unwrap(),
+            local: "0.0.0.0:8080".parse().unwrap(),
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        set_forwarded(
+            &mut h,
+            &client,
+            Some(&HeaderValue::from_static("example.com:8080")),
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com:8080");
+        assert_eq!(h["x-forwarded-port"], "8080");
+    }
+}

@@ -1,0 +1,228 @@
+//! Routes: which requests go to which service's backends.
+//!
+//! A route matches an optional set of hosts (exact, or `*.example.com`) and
+//! a path prefix on segment boundaries (`/api` matches `/api` and `/api/x`,
+//! not `/apix`). The most specific route wins: an exact host beats a
+//! wildcard, which beats any host; then the longest prefix.
+
+use crate::backend::Backend;
+use crate::health::HealthCheck;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How a route spreads requests over its routable backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    /// ALB's `least_outstanding_requests`: the backend with the fewest
+    /// requests in flight, ties taken in turn. The default.
+    #[default]
+    LeastOutstanding,
+    /// ALB's `round_robin`.
+    RoundRobin,
+}
+
+/// What the agent says a route is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Lower-case host names; empty matches any host.
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub check: HealthCheck,
+    pub deregistration_delay: Duration,
+    pub algorithm: Algorithm,
+    /// Before this long after registration a backend gets no traffic.
+    pub grace: Duration,
+}
+
+impl Default for RouteSpec {
+    fn default() -> Self {
+        RouteSpec {
+            hosts: Vec::new(),
+            path_prefix: "/".into(),
+            check: HealthCheck::default(),
+            deregistration_delay: Duration::from_secs(30),
+            algorithm: Algorithm::default(),
+            grace: Duration::ZERO,
+        }
+    }
+}
+
+pub struct Route {
+    pub service: String,
+    /// Position among the service's `loadBalancers`.
+    pub index: usize,
+    pub(crate) spec: RwLock<RouteSpec>,
+    pub(crate) backends: RwLock<Vec<Arc<Backend>>>,
+    next: AtomicUsize,
+}
+
+impl Route {
+    pub(crate) fn new(service: &str, index: usize, spec: RouteSpec) -> Route {
+        Route {
+            service: service.to_string(),
+            index,
+            spec: RwLock::new(spec),
+            backends: RwLock::new(Vec::new()),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn spec(&self) -> RouteSpec {
+        read(&self.spec).clone()
+    }
+
+    /// Specificity, highest first: (host class, prefix length).
+    fn rank(&self) -> (u8, usize) {
+        let s = read(&self.spec);
+        let host_class = if s.hosts.is_empty() {
+            0
+        } else if s.hosts.iter().all(|h| h.starts_with("*.")) {
+            1
+        } else {
+            2
+        };
+        (host_class, s.path_prefix.len())
+    }
+
+    fn matches(&self, host: &str, path: &str) -> Option<u8> {
+        let s = read(&self.spec);
+        let host_class = if s.hosts.is_empty() {
+            0
+        } else if s.hosts.iter().any(|h| h == host) {
+            2
+        } else if s.hosts.iter().any(|h| {
+            h.strip_prefix("*.")
+                .is_some_and(|suffix| host.ends_with(&format!(".{suffix}")))
+        }) {
+            1
+        } else {
+            return None;
+        };
+        prefix_matches(&s.path_prefix, path).then_some(host_class)
+    }
+
+    /// Picks a routable backend not in `tried`.
+    pub(crate) fn pick(&self, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+        let backends = read(&self.backends);
+        let n = backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let candidates = (0..n)
+            .map(|i| &backends[(start + i) % n])
+            .filter(|b| b.routable() && !tried.iter().any(|t| Arc::ptr_eq(t, b)));
+        let algorithm = read(&self.spec).algorithm;
+        match algorithm {
+            Algorithm::RoundRobin => candidates.into_iter().next().cloned(),
+            Algorithm::LeastOutstanding => candidates.min_by_key(|b| b.in_flight()).cloned(),
+        }
+    }
+
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        read(&self.backends).clone()
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" || prefix.is_empty() {
+        return true;
+    }
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
+        None => false,
+    }
+}
+
+/// All routes, most specific first. Replaced whole on every change, so a
+/// request sees one consistent table.
+#[derive(Default)]
+pub struct Table {
+    routes: Vec<Arc<Route>>,
+}
+
+impl Table {
+    pub(crate) fn new(mut routes: Vec<Arc<Route>>) -> Table {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.rank()));
+        Table { routes }
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// The most specific route for `host` (without port, lower case) and `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let mut best: Option<(&Arc<Route>, (u8, usize))> = None;
+        for r in &self.routes {
+            if let Some(class) = r.matches(host, path) {
+                let rank = (class, read(&r.spec).path_prefix.len());
+                if best.as_ref().is_none_or(|(_, b)| rank > *b) {
+                    best = Some((r, rank));
+                }
+            }
+        }
+        best.map(|(r, _)| r)
+    }
+}
+
+pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(service: &str, hosts: &[&str], prefix: &str) -> Arc<Route> {
+        Arc::new(Route::new(
+            service,
+            0,
+            RouteSpec {
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                path_prefix: prefix.into(),
+                ..RouteSpec::default()
+            },
+        ))
+    }
+
+    #[test]
+    fn most_specific_route_wins() {
+        let t = Table::new(vec![
+            route("any", &[], "/"),
+            route("api", &[], "/api"),
+            route("site", &["example.com"], "/"),
+            route("wild", &["*.example.com"], "/"),
+            route("site-api", &["example.com"], "/api"),
+        ]);
+        let f = |h: &str, p: &str| t.find(h, p).map(|r| r.service.clone());
+        assert_eq!(f("other.org", "/"), Some("any".into()));
+        assert_eq!(f("other.org", "/api/x"), Some("api".into()));
+        assert_eq!(
+            f("other.org", "/apix"),
+            Some("any".into()),
+            "segment boundary"
+        );
+        assert_eq!(f("example.com", "/x"), Some("site".into()));
+        assert_eq!(f("example.com", "/api?q=1"), Some("site-api".into()));
+        assert_eq!(f("www.example.com", "/"), Some("wild".into()));
+        assert_eq!(
+            f("www.example.com", "/api"),
+            Some("wild".into()),
+            "host before path"
+        );
+    }
+
+    #[test]
+    fn no_route_without_a_match() {
+        let t = Table::new(vec![route("site", &["example.com"], "/app")]);
+        assert!(t.find("example.com", "/").is_none());
+        assert!(t.find("example.org", "/app").is_none());
+    }
+}

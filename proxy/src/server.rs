@@ -1,0 +1,123 @@
+//! Listeners and client connections.
+//!
+//! Each listener accepts while it holds a connection permit (the
+//! `max_connections` cap; further clients wait in the kernel backlog). Each
+//! connection is served by hyper's HTTP/1.1 server with upgrades, limits on
+//! header size and count, and an idle timeout. On shutdown every listener
+//! stops accepting at once (a socket-activated listener stays open in
+//! systemd, which queues new clients for the next agent), each connection
+//! finishes its in-flight request and closes, and after the grace period
+//! whatever remains is dropped.
+
+use crate::forward::{self, ClientInfo};
+use crate::Inner;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::Arc;
+use tokio::sync::{watch, Semaphore};
+
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    listeners: Vec<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let max = inner.settings.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(max));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "proxy listening");
+        }
+        accept_loops.spawn(accept_loop(
+            Arc::clone(&inner),
+            listener,
+            Arc::clone(&permits),
+            stop_rx.clone(),
+        ));
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    // Listeners close as their loops end.
+    while accept_loops.join_next().await.is_some() {}
+    let grace = inner.settings.shutdown_grace;
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let finished = tokio::time::timeout(grace, permits.acquire_many(all)).await;
+    match finished {
+        Ok(_) => tracing::info!("proxy: every connection finished"),
+        Err(_) => tracing::warn!(
+            open = max - permits.available_permits(),
+            "proxy: shutdown grace period over; dropping the connections left"
+        ),
+    };
+}
+
+/// Resolves once the stop flag is set.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(
+    inner: Arc<Inner>,
+    listener: tokio::net::TcpListener,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(cause = %e, "proxy accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let client = ClientInfo { peer, local };
+        let inner = Arc::clone(&inner);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let settings = inner.settings.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let inner = Arc::clone(&inner);
+                async move {
+                    Ok::<_, std::convert::Infallible>(forward::handle(inner, client, req).await)
+                }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.idle_timeout)
+                .max_buf_size(settings.max_header_bytes.max(8192))
+                .max_headers(settings.max_headers)
+                .keep_alive(true);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(cause = %e, %peer, "client connection ended with an error");
+                    }
+                }
+                _ = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(settings.shutdown_grace, conn).await;
+                }
+            }
+        });
+    }
+}
