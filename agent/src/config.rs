@@ -79,6 +79,7 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub port_bind_address: IpAddr,
     pub log_format: LogFormat,
+    pub proxy: dockhand_proxy::Settings,
 }
 
 /// Where one setting's value came from.
@@ -377,6 +378,69 @@ pub const KEYS: &[KeySpec] = &[
             Ok(())
         },
     },
+    KeySpec {
+        name: "DOCKHAND_PROXY_CONNECT_TIMEOUT",
+        default: "5s",
+        meaning: "proxy: connecting to a task",
+        apply: |c, v| {
+            c.proxy.connect_timeout = positive_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_RESPONSE_TIMEOUT",
+        default: "60s",
+        meaning: "proxy: from request sent to response headers (504 after)",
+        apply: |c, v| {
+            c.proxy.response_timeout = positive_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_IDLE_TIMEOUT",
+        default: "60s",
+        meaning: "proxy: an idle client keep-alive connection is closed after this; also the time a client has to send its headers",
+        apply: |c, v| {
+            c.proxy.idle_timeout = positive_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_MAX_HEADER_BYTES",
+        default: "65536",
+        meaning: "proxy: request line and headers, in bytes (431 beyond)",
+        apply: |c, v| {
+            c.proxy.max_header_bytes = bounded(v, 1024, 1 << 20)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_MAX_HEADERS",
+        default: "100",
+        meaning: "proxy: number of request headers (431 beyond)",
+        apply: |c, v| {
+            c.proxy.max_headers = bounded(v, 8, 10_000)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_MAX_CONNECTIONS",
+        default: "10000",
+        meaning: "proxy: open client connections; more wait in the listen backlog",
+        apply: |c, v| {
+            c.proxy.max_connections = bounded(v, 1, 1_000_000)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_SHUTDOWN_GRACE",
+        default: "30s",
+        meaning: "proxy: on SIGTERM, how long in-flight requests get to finish",
+        apply: |c, v| {
+            c.proxy.shutdown_grace = parse_duration(v)?;
+            Ok(())
+        },
+    },
 ];
 
 /// ECS agent keys that are read elsewhere or mean nothing on a Dockhand host
@@ -405,6 +469,7 @@ impl Config {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 51678)),
             port_bind_address: IpAddr::from([127, 0, 0, 1]),
             log_format: LogFormat::Text,
+            proxy: dockhand_proxy::Settings::default(),
         };
         for key in KEYS {
             // The defaults are constants of this file, checked by a unit test.
@@ -588,6 +653,22 @@ fn non_empty(v: &str) -> Result<String, String> {
         Err("must not be empty".into())
     } else {
         Ok(v.to_string())
+    }
+}
+
+fn positive_duration(v: &str) -> Result<Duration, String> {
+    let d = parse_duration(v)?;
+    if d.is_zero() {
+        Err("must be more than zero".into())
+    } else {
+        Ok(d)
+    }
+}
+
+fn bounded(v: &str, lo: usize, hi: usize) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number {lo}-{hi}, got {v:?}")),
     }
 }
 

@@ -39,14 +39,31 @@ pub enum AgentError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot bind the proxy listener {addr}: {source}")]
+    BindProxy {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "socket {index} passed by systemd (LISTEN_FDS) is not a usable TCP listener: {source}"
+    )]
+    ActivatedSocket {
+        index: usize,
+        source: std::io::Error,
+    },
     #[error("ECS_BACKEND_HOST is set to {0}, but this build runs standalone only (the control endpoint is not built yet); unset it to use service files")]
     ControlNotSupported(String),
 }
 
 /// Runs the agent until `shutdown` resolves. Containers keep running after.
 ///
-/// Docker being down at start is not an error: the agent waits for it,
-/// retrying with backoff, so boot order does not matter.
+/// Start-up order: the state directory, the local API and the proxy
+/// listeners are bound first, so a taken port fails the start with a clear
+/// error. Docker being down is not an error: the agent waits for it, so boot
+/// order does not matter. The proxy starts accepting only after the first
+/// reconcile has registered the running tasks and their first health checks
+/// are done, so a restarted agent (socket activation keeps new connections
+/// queued meanwhile) never answers 503 for a healthy service.
 pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
@@ -78,6 +95,8 @@ pub async fn run(
             source,
         })?;
     tracing::info!(addr = %cfg.api_listen, "local API listening");
+    let proxy_listeners = proxy_listeners(&cfg)?;
+
     let status = Arc::new(RwLock::new(status::Snapshot {
         cluster: cfg.cluster.clone(),
         instance_id: instance,
@@ -88,6 +107,25 @@ pub async fn run(
         Arc::clone(&status),
         stopped(stop_rx.clone()),
     ));
+
+    let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = dockhand_proxy::Proxy::new(cfg.proxy.clone(), health_tx);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let proxy_task = {
+        let proxy = proxy.clone();
+        let before = stopped(stop_rx.clone());
+        let during = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = ready_rx => {}
+                // Docker may be down for long: serve 404/503 rather than
+                // leave clients hanging.
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                _ = before => return,
+            }
+            proxy.serve(proxy_listeners, during).await;
+        })
+    };
 
     let body = async {
         let Some(docker) = connect_with_retry(&cfg.docker_host, stopped(stop_rx.clone())).await
@@ -110,19 +148,73 @@ pub async fn run(
             "host capacity"
         );
         let source = desired::ServiceDir::new(cfg.services_dir.clone());
-        let sup =
-            supervisor::Supervisor::new(Arc::clone(&cfg), docker, store, source, capacity, status);
+        let sup = supervisor::Supervisor::new(
+            Arc::clone(&cfg),
+            docker,
+            store,
+            source,
+            capacity,
+            status,
+            proxy,
+            health_rx,
+            ready_tx,
+        );
         sup.run(stopped(stop_rx.clone())).await;
     };
+    tokio::pin!(body);
     tokio::select! {
-        _ = body => {}
+        _ = &mut body => {}
         _ = shutdown => {
             tracing::info!("shutting down; containers keep running");
         }
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut body).await;
+    // The proxy finishes in-flight requests within its grace period.
+    let grace = cfg.proxy.shutdown_grace + Duration::from_secs(1);
+    let _ = tokio::time::timeout(grace, proxy_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), api).await;
+    tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The proxy's listening sockets: those systemd passes (`LISTEN_FDS`, socket
+/// activation: the socket outlives agent restarts, so none refuses a
+/// connection), else `DOCKHAND_PROXY_LISTEN` bound here.
+fn proxy_listeners(cfg: &Config) -> Result<Vec<tokio::net::TcpListener>, AgentError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut out = Vec::new();
+    if fds.len() > 0 {
+        for i in 0..fds.len() {
+            match fds.take_tcp_listener(i) {
+                Ok(Some(l)) => {
+                    let l = l
+                        .set_nonblocking(true)
+                        .and_then(|()| tokio::net::TcpListener::from_std(l))
+                        .map_err(|source| AgentError::ActivatedSocket { index: i, source })?;
+                    out.push(l);
+                }
+                Ok(None) => {}
+                Err(source) => return Err(AgentError::ActivatedSocket { index: i, source }),
+            }
+        }
+        tracing::info!(
+            sockets = out.len(),
+            "proxy listeners from socket activation (DOCKHAND_PROXY_LISTEN not used)"
+        );
+        return Ok(out);
+    }
+    for addr in &cfg.proxy_listen {
+        let l = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|source| AgentError::BindProxy {
+                addr: *addr,
+                source,
+            })?;
+        out.push(l);
+    }
+    Ok(out)
 }
 
 /// Connects to Docker, retrying with backoff until it answers or `stop`.

@@ -50,6 +50,8 @@ pub struct TaskStatus {
     pub desired: &'static str,
     pub known: &'static str,
     pub healthy: bool,
+    /// Why the proxy's checks fail, when they do.
+    pub health_reason: Option<String>,
     pub stop_reason: Option<String>,
     pub containers: Vec<ContainerStatus>,
 }
@@ -103,6 +105,7 @@ impl TaskStatus {
             },
             known: obs.map_or("PENDING", |t| t.known_status().as_str()),
             healthy: obs.is_some_and(TaskObs::healthy),
+            health_reason: None,
             stop_reason: rec.stop_reason.clone(),
             containers,
         }
@@ -161,6 +164,7 @@ impl Snapshot {
                     "Version": t.revision.to_string(),
                     "ServiceName": t.service,
                     "Healthy": t.healthy,
+                    "HealthReason": t.health_reason,
                     "StoppedReason": t.stop_reason,
                     "Containers": t.containers.iter().map(|c| json!({
                         "DockerId": c.docker_id,

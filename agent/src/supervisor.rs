@@ -28,7 +28,10 @@ use crate::store::{random_hex, DesiredStatus, ServiceRecord, Store, TaskRecord};
 use crate::task::{self, TaskObs};
 use crate::taskdef::{DependencyCondition, ServiceSpec};
 use bollard::Docker;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use dockhand_proxy::{HealthEvent, Proxy};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -106,9 +109,22 @@ pub struct Supervisor<S> {
     events: BTreeMap<String, VecDeque<Event>>,
     status: Arc<RwLock<Snapshot>>,
     wake_at: Option<Instant>,
+    proxy: Proxy,
+    health_events: mpsc::UnboundedReceiver<HealthEvent>,
+    /// Tasks this agent process launched; the others were adopted, and
+    /// their backends need one passing check instead of the threshold.
+    launched_here: HashSet<String>,
+    /// Fired once the first reconcile is done and every backend has been
+    /// checked once, so listeners open onto a table with healthy backends.
+    ready: Option<(tokio::sync::oneshot::Sender<()>, Instant)>,
 }
 
+/// How long the agent waits at start for first health checks before it
+/// serves anyway.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
 impl<S: DesiredSource> Supervisor<S> {
+    #[allow(clippy::too_many_arguments)] // each is a distinct owned part
     pub fn new(
         cfg: Arc<Config>,
         docker: Docker,
@@ -116,6 +132,9 @@ impl<S: DesiredSource> Supervisor<S> {
         source: S,
         capacity: HostCapacity,
         status: Arc<RwLock<Snapshot>>,
+        proxy: Proxy,
+        health_events: mpsc::UnboundedReceiver<HealthEvent>,
+        ready: tokio::sync::oneshot::Sender<()>,
     ) -> Self {
         let ports = PortAllocator::new(
             cfg.dynamic_port_range,
@@ -137,6 +156,10 @@ impl<S: DesiredSource> Supervisor<S> {
             events: BTreeMap::new(),
             status,
             wake_at: None,
+            proxy,
+            health_events,
+            launched_here: HashSet::new(),
+            ready: Some((ready, Instant::now() + READY_WAIT)),
         }
     }
 
@@ -185,6 +208,13 @@ impl<S: DesiredSource> Supervisor<S> {
                     }
                     dirty = true;
                 }
+                Some(ev) = self.health_events.recv() => {
+                    self.health_event(ev);
+                    while let Ok(ev) = self.health_events.try_recv() {
+                        self.health_event(ev);
+                    }
+                    dirty = true;
+                }
                 _ = poll.tick() => {}
                 _ = tokio::time::sleep_until(wake) => {
                     self.wake_at = None;
@@ -228,6 +258,40 @@ impl<S: DesiredSource> Supervisor<S> {
             }
         }
         self.save();
+    }
+
+    fn health_event(&mut self, ev: HealthEvent) {
+        let message = if ev.healthy {
+            format!(
+                "task {} healthy on {} ({})",
+                short(&ev.task),
+                ev.addr,
+                ev.reason
+            )
+        } else {
+            format!(
+                "task {} unhealthy on {}: {}",
+                short(&ev.task),
+                ev.addr,
+                ev.reason
+            )
+        };
+        self.event(&ev.service, message);
+    }
+
+    /// Signals readiness once the first pass is done and backends have had
+    /// their first check (or the wait is over).
+    fn check_ready(&mut self) {
+        let Some((_, deadline)) = &self.ready else {
+            return;
+        };
+        if self.proxy.all_checked_once() || Instant::now() >= *deadline {
+            if let Some((tx, _)) = self.ready.take() {
+                let _ = tx.send(());
+            }
+        } else {
+            self.wake_in(Duration::from_millis(50));
+        }
     }
 
     fn save(&mut self) {
@@ -311,6 +375,7 @@ impl<S: DesiredSource> Supervisor<S> {
         });
         self.save();
         self.publish(&tasks);
+        self.check_ready();
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             tasks = tasks.len(),
@@ -354,10 +419,14 @@ impl<S: DesiredSource> Supervisor<S> {
             );
         }
         let inflight = &self.inflight;
-        self.store
-            .state
-            .tasks
-            .retain(|id, _| tasks.contains_key(id) || inflight.contains_key(id));
+        let proxy = &self.proxy;
+        self.store.state.tasks.retain(|id, _| {
+            let keep = tasks.contains_key(id) || inflight.contains_key(id);
+            if !keep {
+                proxy.remove_task(id);
+            }
+            keep
+        });
     }
 
     /// A running task whose essential container exited is failed: counted
@@ -377,6 +446,8 @@ impl<S: DesiredSource> Supervisor<S> {
             }
         }
         for (id, service, reason, ran_for) in failed {
+            // Nothing to drain: the task is dead. Out of rotation at once.
+            self.proxy.remove_task(&id);
             if let Some(rec) = self.store.state.tasks.get_mut(&id) {
                 rec.desired = DesiredStatus::Stopped;
                 rec.stop_reason = Some(reason.clone());
@@ -453,8 +524,17 @@ impl<S: DesiredSource> Supervisor<S> {
         containers.sort_by_key(|c| std::cmp::Reverse(c.2));
         let docker = self.docker.clone();
         let task = id.to_string();
+        // Out of rotation now; the op waits for in-flight requests before
+        // SIGTERM (DESIGN.md's stop order).
+        let drain: Pin<Box<dyn Future<Output = usize> + Send>> = Box::pin(self.proxy.drain(id));
         self.inflight.insert(task.clone(), OpKind::Stop);
         self.ops.spawn(async move {
+            let started = Instant::now();
+            let left = drain.await;
+            let waited = started.elapsed();
+            if waited > Duration::from_millis(5) || left > 0 {
+                tracing::info!(task = %task, waited_ms = waited.as_millis() as u64, in_flight_left = left, "drained");
+            }
             let result = stop_task(&docker, &containers, remove).await;
             OpDone {
                 task,
@@ -508,9 +588,11 @@ impl<S: DesiredSource> Supervisor<S> {
             for id in ids {
                 self.request_stop(&id, "service removed", tasks);
             }
+            self.proxy.set_routes(name, Vec::new());
             self.pending_reason.remove(name);
             return;
         };
+        self.route(&spec, tasks);
 
         let digest = spec.task_definition.digest();
         let revision = self
@@ -529,10 +611,12 @@ impl<S: DesiredSource> Supervisor<S> {
                 if stopping && !obs.is_some_and(TaskObs::any_alive) {
                     return None;
                 }
+                let routed_ok =
+                    spec.load_balancers.is_empty() || self.proxy.task_health(id) == Some(true);
                 Some(TaskView {
                     id: id.clone(),
                     current: r.digest == digest,
-                    healthy: !stopping && obs.is_some_and(TaskObs::healthy),
+                    healthy: !stopping && routed_ok && obs.is_some_and(TaskObs::healthy),
                     stopping,
                     // Docker's start time orders "longest running" best;
                     // the record's time covers tasks not started yet.
@@ -600,6 +684,65 @@ impl<S: DesiredSource> Supervisor<S> {
         }
     }
 
+    /// Declares the service's routes and registers every running task's
+    /// published ports on them.
+    fn route(&mut self, spec: &ServiceSpec, tasks: &BTreeMap<String, TaskObs>) {
+        let name = &spec.service_name;
+        let specs = spec
+            .load_balancers
+            .iter()
+            .map(|lb| lb.route_spec(spec.health_check_grace_period_seconds))
+            .collect();
+        self.proxy.set_routes(name, specs);
+        if spec.load_balancers.is_empty() {
+            return;
+        }
+        let host_network = spec.task_definition.network_mode == crate::taskdef::NetworkMode::Host;
+        let ip = if self.cfg.port_bind_address.is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            self.cfg.port_bind_address
+        };
+        for (id, rec) in &self.store.state.tasks {
+            if &rec.service != name || rec.desired != DesiredStatus::Running {
+                continue;
+            }
+            let Some(t) = tasks.get(id) else { continue };
+            if t.known_status() != crate::task::KnownStatus::Running {
+                continue;
+            }
+            for (i, lb) in spec.load_balancers.iter().enumerate() {
+                let Some(c) = t
+                    .containers
+                    .iter()
+                    .find(|c| c.label(label::CONTAINER) == Some(lb.container_name.as_str()))
+                else {
+                    continue;
+                };
+                let port = if host_network {
+                    Some(lb.container_port as u16)
+                } else {
+                    c.ports
+                        .iter()
+                        .find(|(cp, proto, _)| {
+                            i64::from(*cp) == lb.container_port && proto == "tcp"
+                        })
+                        .map(|p| p.2)
+                };
+                if let Some(port) = port {
+                    let adopted = !self.launched_here.contains(id);
+                    self.proxy.add_backend(
+                        name,
+                        i,
+                        id,
+                        std::net::SocketAddr::new(ip, port),
+                        adopted,
+                    );
+                }
+            }
+        }
+    }
+
     fn request_stop(&mut self, id: &str, why: &str, tasks: &BTreeMap<String, TaskObs>) {
         let Some(rec) = self.store.state.tasks.get_mut(id) else {
             return;
@@ -609,7 +752,9 @@ impl<S: DesiredSource> Supervisor<S> {
         rec.stop_reason = Some(why.to_string());
         let service = rec.service.clone();
         self.event(&service, format!("stopping task {}: {why}", short(id)));
-        // A launch in flight is left to finish; the next pass stops it.
+        // A launch in flight is left to finish and the next pass stops it;
+        // out of rotation it goes now either way.
+        drop(self.proxy.drain(id));
         if !self.inflight.contains_key(id) {
             if let Some(t) = tasks.get(id) {
                 self.spawn_stop(id, t, true);
@@ -780,6 +925,7 @@ impl<S: DesiredSource> Supervisor<S> {
             ),
         );
         self.inflight.insert(task_id.clone(), OpKind::Launch);
+        self.launched_here.insert(task_id.clone());
         self.granted.insert(task_id.clone(), granted);
         let docker = self.docker.clone();
         let pull = self.cfg.image_pull_behavior;

@@ -111,7 +111,61 @@ pub struct LoadBalancer {
     pub health_check: Option<TargetHealthCheck>,
     #[serde(default)]
     pub deregistration_delay_seconds: Option<i64>,
+    /// ALB's `load_balancing.algorithm.type`: `least_outstanding_requests`
+    /// (the default) or `round_robin`.
+    #[serde(default)]
+    pub load_balancing_algorithm: Option<String>,
 }
+
+impl LoadBalancer {
+    /// The proxy route this entry describes. `validate()` has checked every
+    /// value, so the conversions here only apply defaults.
+    pub fn route_spec(&self, grace_seconds: i64) -> dockhand_proxy::route::RouteSpec {
+        use dockhand_proxy::health::{HealthCheck, Matcher};
+        use std::time::Duration;
+        let d = HealthCheck::default();
+        let secs = |v: Option<i64>, default: Duration| {
+            v.map(|s| Duration::from_secs(s.max(1) as u64))
+                .unwrap_or(default)
+        };
+        let hc = self.health_check.as_ref();
+        let check = HealthCheck {
+            path: hc.and_then(|h| h.path.clone()).unwrap_or(d.path),
+            interval: secs(hc.and_then(|h| h.interval_seconds), d.interval),
+            timeout: secs(hc.and_then(|h| h.timeout_seconds), d.timeout),
+            healthy_threshold: hc
+                .and_then(|h| h.healthy_threshold_count)
+                .map_or(d.healthy_threshold, |n| n.clamp(1, 10) as u32),
+            unhealthy_threshold: hc
+                .and_then(|h| h.unhealthy_threshold_count)
+                .map_or(d.unhealthy_threshold, |n| n.clamp(1, 10) as u32),
+            matcher: hc
+                .and_then(|h| h.matcher.as_deref())
+                .and_then(|m| Matcher::parse(m).ok())
+                .unwrap_or(d.matcher),
+        };
+        dockhand_proxy::route::RouteSpec {
+            hosts: self.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            path_prefix: self.path_prefix.clone().unwrap_or_else(|| "/".into()),
+            check,
+            deregistration_delay: Duration::from_secs(
+                self.deregistration_delay_seconds
+                    .unwrap_or(DEFAULT_DEREGISTRATION_DELAY)
+                    .max(0) as u64,
+            ),
+            algorithm: match self.load_balancing_algorithm.as_deref() {
+                Some("round_robin") => dockhand_proxy::Algorithm::RoundRobin,
+                _ => dockhand_proxy::Algorithm::LeastOutstanding,
+            },
+            grace: Duration::from_secs(grace_seconds.max(0) as u64),
+        }
+    }
+}
+
+/// Seconds a stopping task keeps finishing its requests, at most. ALB's
+/// default is 300 s; 30 s is the example in DESIGN.md and what most
+/// services need, and a drain ends early when nothing is in flight.
+pub const DEFAULT_DEREGISTRATION_DELAY: i64 = 30;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
