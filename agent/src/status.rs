@@ -125,6 +125,8 @@ pub struct ServiceStatus {
     pub pending_reason: Option<String>,
     pub broken_file: bool,
     pub consecutive_failures: u32,
+    /// Set when the circuit breaker rolled a deployment back, with why.
+    pub rollout_failed: Option<String>,
     pub total_failures: u64,
     pub events: Vec<Event>,
 }
@@ -206,6 +208,8 @@ impl Snapshot {
                     "PendingReason": s.pending_reason,
                     "ServiceFileInvalid": s.broken_file,
                     "ConsecutiveFailures": s.consecutive_failures,
+                    "RolloutState": if s.rollout_failed.is_some() { "FAILED" } else if s.running_by_revision.len() > 1 { "IN_PROGRESS" } else { "COMPLETED" },
+                    "RolloutStateReason": s.rollout_failed,
                     "TotalFailures": s.total_failures,
                     "Events": s.events.iter().rev().map(|e| json!({
                         "At": time(e.at), "Message": e.message,

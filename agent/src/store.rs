@@ -88,6 +88,21 @@ pub struct ServiceRecord {
     /// Tasks of this service that failed, ever.
     #[serde(default)]
     pub total_failures: u64,
+    /// The last spec whose revision reached its desired count, all healthy,
+    /// with no older task left: what a failed rollout goes back to.
+    #[serde(default)]
+    pub stable: Option<ServiceSpec>,
+    /// The task-definition digest being rolled out, and its task failures.
+    #[serde(default)]
+    pub rollout_digest: Option<String>,
+    #[serde(default)]
+    pub rollout_failures: u32,
+    /// A digest whose rollout failed (the circuit breaker tripped), and why.
+    /// It is not tried again until the task definition changes.
+    #[serde(default)]
+    pub failed_digest: Option<String>,
+    #[serde(default)]
+    pub failed_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

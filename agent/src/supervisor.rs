@@ -114,6 +114,9 @@ pub struct Supervisor<S> {
     /// Tasks this agent process launched; the others were adopted, and
     /// their backends need one passing check instead of the threshold.
     launched_here: HashSet<String>,
+    /// Tasks seen healthy at least once; the others may be failed for
+    /// never passing their checks.
+    ever_healthy: HashSet<String>,
     /// Fired once the first reconcile is done and every backend has been
     /// checked once, so listeners open onto a table with healthy backends.
     ready: Option<(tokio::sync::oneshot::Sender<()>, Instant)>,
@@ -159,6 +162,7 @@ impl<S: DesiredSource> Supervisor<S> {
             proxy,
             health_events,
             launched_here: HashSet::new(),
+            ever_healthy: HashSet::new(),
             ready: Some((ready, Instant::now() + READY_WAIT)),
         }
     }
@@ -251,7 +255,7 @@ impl<S: DesiredSource> Supervisor<S> {
                 );
                 self.pending_reason
                     .insert(service.clone(), format!("last task failed to start: {why}"));
-                self.record_failure(&service, None);
+                self.record_failure(&service, None, &done.task, &why);
             }
             OpKind::Stop => {
                 tracing::warn!(task = %done.task, cause = %why, "stopping task failed; will retry");
@@ -312,7 +316,23 @@ impl<S: DesiredSource> Supervisor<S> {
         });
     }
 
-    fn record_failure(&mut self, service: &str, ran_for: Option<Duration>) {
+    /// Counts a failed task toward crash backoff and, when it belongs to a
+    /// revision being rolled out, toward that rollout's circuit breaker.
+    fn record_failure(
+        &mut self,
+        service: &str,
+        ran_for: Option<Duration>,
+        task: &str,
+        reason: &str,
+    ) {
+        let digest = self
+            .store
+            .state
+            .tasks
+            .get(task)
+            .map(|t| t.digest.clone())
+            .unwrap_or_default();
+        let revisions = self.store.state.revisions.clone();
         let rec = self
             .store
             .state
@@ -326,6 +346,40 @@ impl<S: DesiredSource> Supervisor<S> {
         rec.total_failures += 1;
         let delay = backoff(rec.consecutive_failures);
         rec.next_start_at_ms = now_ms() + delay.as_millis() as u64;
+
+        let Some(stable) = rec.stable.clone() else {
+            return; // A first deployment has nothing to go back to.
+        };
+        let stable_digest = stable.task_definition.digest();
+        if rec.rollout_digest.as_deref() != Some(digest.as_str()) || digest == stable_digest {
+            return;
+        }
+        rec.rollout_failures += 1;
+        // ECS's deployment circuit breaker threshold: half the desired
+        // count, at least 3, at most 200.
+        let wanted = rec.last_good.as_ref().map_or(1, ServiceSpec::wanted_tasks);
+        let threshold = wanted.div_ceil(2).clamp(3, 200);
+        if rec.rollout_failures >= threshold
+            && rec.failed_digest.as_deref() != Some(digest.as_str())
+        {
+            let rev = |d: &str| {
+                revisions
+                    .get(&stable.task_definition.family)
+                    .and_then(|l| l.iter().position(|x| x == d))
+                    .map_or(0, |i| i + 1)
+            };
+            let why = format!(
+                "deployment of revision {} failed: {} task(s) failed (last: {reason}); rolled back to revision {}",
+                rev(&digest),
+                rec.rollout_failures,
+                rev(&stable_digest)
+            );
+            rec.failed_digest = Some(digest);
+            rec.failed_reason = Some(why.clone());
+            rec.consecutive_failures = 0;
+            rec.next_start_at_ms = 0;
+            self.event(service, why);
+        }
     }
 
     fn wake_in(&mut self, d: Duration) {
@@ -453,7 +507,7 @@ impl<S: DesiredSource> Supervisor<S> {
                 rec.stop_reason = Some(reason.clone());
                 rec.crash_counted = true;
             }
-            self.record_failure(&service, ran_for);
+            self.record_failure(&service, ran_for, &id, &reason);
             let failures = self
                 .store
                 .state
@@ -586,12 +640,13 @@ impl<S: DesiredSource> Supervisor<S> {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in ids {
-                self.request_stop(&id, "service removed", tasks);
+                self.request_stop(&id, "service removed", tasks, true);
             }
             self.proxy.set_routes(name, Vec::new());
             self.pending_reason.remove(name);
             return;
         };
+        let spec = self.effective_spec(name, spec);
         self.route(&spec, tasks);
 
         let digest = spec.task_definition.digest();
@@ -626,6 +681,47 @@ impl<S: DesiredSource> Supervisor<S> {
                 })
             })
             .collect();
+        for v in &views {
+            if v.healthy {
+                self.ever_healthy.insert(v.id.clone());
+            }
+        }
+        if let Some(deadline) = health_deadline(&spec) {
+            let now = now_ms();
+            let doomed: Vec<(String, u64)> = views
+                .iter()
+                .filter(|v| !v.healthy && !v.stopping && !self.ever_healthy.contains(&v.id))
+                .filter(|v| {
+                    tasks
+                        .get(&v.id)
+                        .is_some_and(|t| t.known_status() == crate::task::KnownStatus::Running)
+                })
+                .filter(|v| now.saturating_sub(v.created_at_ms) > deadline.as_millis() as u64)
+                .map(|v| (v.id.clone(), now.saturating_sub(v.created_at_ms) / 1000))
+                .collect();
+            // Wake when the next unproven task reaches its deadline.
+            let next = views
+                .iter()
+                .filter(|v| !v.healthy && !v.stopping && !self.ever_healthy.contains(&v.id))
+                .map(|v| {
+                    deadline.as_millis() as u64
+                        - now
+                            .saturating_sub(v.created_at_ms)
+                            .min(deadline.as_millis() as u64)
+                })
+                .filter(|ms| *ms > 0)
+                .min();
+            if let Some(ms) = next {
+                self.wake_in(Duration::from_millis(ms + 10));
+            }
+            for (id, secs) in doomed {
+                let why = match self.proxy.task_failure(&id) {
+                    Some(f) => format!("never passed its health checks in {secs}s (last: {f})"),
+                    None => format!("never passed its health checks in {secs}s"),
+                };
+                self.fail_task(&id, &why, tasks);
+            }
+        }
         let dc = &spec.deployment_configuration;
         let plan = rollout::plan(
             spec.wanted_tasks(),
@@ -637,7 +733,7 @@ impl<S: DesiredSource> Supervisor<S> {
             tracing::debug!(service = name, ?views, ?plan, "rollout plan");
         }
         for (id, why) in &plan.stop {
-            self.request_stop(id, why, tasks);
+            self.request_stop(id, why, tasks, true);
         }
 
         let mut reason = plan.waiting.clone();
@@ -670,6 +766,25 @@ impl<S: DesiredSource> Supervisor<S> {
                 }
             }
         }
+        let settled = plan.stop.is_empty()
+            && plan.start == 0
+            && views.iter().all(|v| v.current && !v.stopping)
+            && views.iter().filter(|v| v.healthy).count() >= spec.wanted_tasks() as usize;
+        if settled {
+            let rec = self
+                .store
+                .state
+                .services
+                .entry(name.to_string())
+                .or_default();
+            if rec.stable.as_ref() != Some(&spec) {
+                rec.stable = Some(spec.clone());
+                if rec.failed_digest.as_deref() == Some(digest.as_str()) {
+                    rec.failed_digest = None;
+                    rec.failed_reason = None;
+                }
+            }
+        }
         match reason {
             Some(r) => {
                 self.pending_reason.insert(name.to_string(), r);
@@ -682,6 +797,41 @@ impl<S: DesiredSource> Supervisor<S> {
                 }
             }
         }
+    }
+
+    /// The spec to run: the file's, unless its revision's rollout failed,
+    /// then the last stable one (ECS's circuit breaker with rollback).
+    fn effective_spec(&mut self, name: &str, spec: ServiceSpec) -> ServiceSpec {
+        let digest = spec.task_definition.digest();
+        let rec = self
+            .store
+            .state
+            .services
+            .entry(name.to_string())
+            .or_default();
+        if rec.rollout_digest.as_deref() != Some(digest.as_str()) {
+            rec.rollout_digest = Some(digest.clone());
+            rec.rollout_failures = 0;
+        }
+        if rec.failed_digest.as_deref() == Some(digest.as_str()) {
+            if let Some(stable) = rec.stable.clone() {
+                return stable;
+            }
+        }
+        spec
+    }
+
+    /// Fails a running task (counted like a crash) and stops it, keeping its
+    /// containers for inspection.
+    fn fail_task(&mut self, id: &str, why: &str, tasks: &BTreeMap<String, TaskObs>) {
+        let Some(service) = self.store.state.tasks.get(id).map(|r| r.service.clone()) else {
+            return;
+        };
+        self.record_failure(&service, None, id, why);
+        if let Some(rec) = self.store.state.tasks.get_mut(id) {
+            rec.crash_counted = true;
+        }
+        self.request_stop(id, why, tasks, false);
     }
 
     /// Declares the service's routes and registers every running task's
@@ -743,12 +893,18 @@ impl<S: DesiredSource> Supervisor<S> {
         }
     }
 
-    fn request_stop(&mut self, id: &str, why: &str, tasks: &BTreeMap<String, TaskObs>) {
+    fn request_stop(
+        &mut self,
+        id: &str,
+        why: &str,
+        tasks: &BTreeMap<String, TaskObs>,
+        remove: bool,
+    ) {
         let Some(rec) = self.store.state.tasks.get_mut(id) else {
             return;
         };
         rec.desired = DesiredStatus::Stopped;
-        rec.remove_when_stopped = true;
+        rec.remove_when_stopped = remove;
         rec.stop_reason = Some(why.to_string());
         let service = rec.service.clone();
         self.event(&service, format!("stopping task {}: {why}", short(id)));
@@ -757,7 +913,7 @@ impl<S: DesiredSource> Supervisor<S> {
         drop(self.proxy.drain(id));
         if !self.inflight.contains_key(id) {
             if let Some(t) = tasks.get(id) {
-                self.spawn_stop(id, t, true);
+                self.spawn_stop(id, t, remove);
             }
         }
     }
@@ -951,9 +1107,12 @@ impl<S: DesiredSource> Supervisor<S> {
         };
         for (id, rec) in &self.store.state.tasks {
             let obs = tasks.get(id);
-            snapshot
-                .tasks
-                .push(TaskStatus::new(&self.cfg.cluster, id, rec, obs));
+            let mut t = TaskStatus::new(&self.cfg.cluster, id, rec, obs);
+            if let Some(h) = self.proxy.task_health(id) {
+                t.healthy = t.healthy && h;
+                t.health_reason = self.proxy.task_failure(id);
+            }
+            snapshot.tasks.push(t);
         }
         let names: BTreeSet<&String> = self
             .desired
@@ -976,6 +1135,13 @@ impl<S: DesiredSource> Supervisor<S> {
                 .get(name)
                 .cloned()
                 .unwrap_or_else(ServiceRecord::default);
+            // After a rollback the service runs its stable spec, not the file's.
+            let spec = match (spec, &rec.failed_digest, &rec.stable) {
+                (Some(s), Some(failed), Some(stable)) if s.task_definition.digest() == *failed => {
+                    Some(stable)
+                }
+                (s, _, _) => s,
+            };
             let mine = snapshot.tasks.iter().filter(|t| &t.service == name);
             let revision = spec.and_then(|s| {
                 let digest = s.task_definition.digest();
@@ -1011,6 +1177,7 @@ impl<S: DesiredSource> Supervisor<S> {
                 pending_reason: self.pending_reason.get(name).cloned(),
                 broken_file: self.desired.broken.contains(name),
                 consecutive_failures: rec.consecutive_failures,
+                rollout_failed: rec.failed_reason.clone(),
                 total_failures: rec.total_failures,
                 events: self
                     .events
@@ -1024,6 +1191,20 @@ impl<S: DesiredSource> Supervisor<S> {
             Err(poisoned) => *poisoned.into_inner() = snapshot,
         }
     }
+}
+
+/// How long a new task of a routed service may run without passing its
+/// checks before it is failed: the grace period, then enough intervals for
+/// the healthy threshold plus the unhealthy threshold, plus one timeout.
+fn health_deadline(spec: &ServiceSpec) -> Option<Duration> {
+    spec.load_balancers
+        .iter()
+        .map(|lb| {
+            let r = lb.route_spec(spec.health_check_grace_period_seconds);
+            let checks = r.check.healthy_threshold + r.check.unhealthy_threshold;
+            r.grace + r.check.interval * checks + r.check.timeout
+        })
+        .max()
 }
 
 fn short(id: &str) -> &str {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -61,6 +61,7 @@ pub struct Agent {
     pub services: PathBuf,
     pub config: PathBuf,
     pub api: u16,
+    pub proxy: u16,
     pub port_range: (u16, u16),
     child: Option<Child>,
 }
@@ -74,10 +75,11 @@ impl Agent {
         let services = dir.join("services");
         std::fs::create_dir_all(&services).expect("create test dirs");
         let api = free_port();
+        let proxy = free_port();
         let port_range = next_port_range();
         let mut text = format!(
             "ECS_CLUSTER=test\nECS_DATADIR={}\nDOCKHAND_SERVICES_DIR={}\nDOCKER_HOST={}\n\
-             DOCKHAND_API_LISTEN=127.0.0.1:{api}\nDOCKHAND_PROXY_LISTEN=127.0.0.1:0\n\
+             DOCKHAND_API_LISTEN=127.0.0.1:{api}\nDOCKHAND_PROXY_LISTEN=127.0.0.1:{proxy}\n\
              ECS_DYNAMIC_HOST_PORT_RANGE={}-{}\nECS_IMAGE_PULL_BEHAVIOR=prefer-cached\n\
              ECS_CONTAINER_STOP_TIMEOUT=5s\nECS_LOGLEVEL=debug\n",
             dir.join("data").display(),
@@ -98,6 +100,7 @@ impl Agent {
             services,
             config,
             api,
+            proxy,
             port_range,
             child: None,
         }
@@ -127,6 +130,52 @@ impl Agent {
             .spawn()
             .expect("spawn dockhand agent");
         self.child = Some(child);
+    }
+
+    /// Starts the agent under `systemd-socket-activate`, which holds the
+    /// proxy socket as systemd would and passes it as fd 3. The shell runs
+    /// the agent `runs` times in a row on the same socket, as systemd
+    /// restarts a service: `LISTEN_PID` is cleared because it names the
+    /// shell, not each agent.
+    pub fn start_socket_activated(&mut self, runs: usize) {
+        assert!(self.child.is_none(), "agent already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open agent log");
+        let bin = env!("CARGO_BIN_EXE_dockhand");
+        let one = format!("LISTEN_PID= {bin} agent --config {}", self.config.display());
+        let script = vec![one; runs].join("; ");
+        let child = Command::new("systemd-socket-activate")
+            .args([
+                "-l",
+                &format!("127.0.0.1:{}", self.proxy),
+                "-E",
+                "RUST_BACKTRACE",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn systemd-socket-activate (Debian package systemd)");
+        self.child = Some(child);
+    }
+
+    /// The pid of the agent process running under the activation shell.
+    pub fn activated_agent_pid(&self) -> Option<u32> {
+        let shell = self.child.as_ref()?.id();
+        let out = Command::new("pgrep")
+            .args(["-P", &shell.to_string()])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     pub fn pid(&self) -> u32 {
@@ -226,6 +275,7 @@ impl Agent {
                 .filter_map(|b| b.host_port.as_deref().and_then(|p| p.parse().ok()))
                 .collect();
             let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+            let created = c.created.unwrap_or_default();
             out.push(Container {
                 id,
                 name: c
@@ -235,6 +285,7 @@ impl Agent {
                     .to_string(),
                 running: state.running.unwrap_or(false),
                 exit_code: state.exit_code,
+                created,
                 started_at: state.started_at.unwrap_or_default(),
                 finished_at: state.finished_at.unwrap_or_default(),
                 ports,
@@ -310,6 +361,7 @@ pub struct Container {
     pub name: String,
     pub running: bool,
     pub exit_code: Option<i64>,
+    pub created: String,
     pub started_at: String,
     pub finished_at: String,
     pub ports: Vec<u16>,
@@ -402,6 +454,122 @@ pub fn webapp_service(name: &str, count: u32, env: &[(&str, &str)]) -> Value {
     })
 }
 
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
+/// A routed service: the webapp behind the proxy, checked every second on
+/// `/health` (2 passes to join, 2 failures to leave), drained for at most
+/// `drain_secs`.
+pub fn routed_service(name: &str, count: u32, env: &[(&str, &str)], drain_secs: u64) -> Value {
+    let mut s = webapp_service(name, count, env);
+    s["loadBalancers"] = json!([{
+        "containerName": "web",
+        "containerPort": 5000,
+        "pathPrefix": "/",
+        "healthCheck": {"path": "/health", "intervalSeconds": 1, "timeoutSeconds": 1,
+                        "healthyThresholdCount": 2, "unhealthyThresholdCount": 2,
+                        "matcher": "200-399"},
+        "deregistrationDelaySeconds": drain_secs,
+    }]);
+    s
+}
+
+/// Sends raw bytes and reads until the peer closes or `timeout`.
+pub fn raw(port: u16, request: &[u8], timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(request)?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Background load: `threads` clients looping GET / until stopped,
+/// counting answers by body, non-200 answers and socket errors.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<LoadStats>>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LoadStats {
+    pub ok: u64,
+    pub non_200: u64,
+    pub errors: u64,
+    pub bodies: std::collections::BTreeMap<String, u64>,
+    /// The last few bodies answered, in order.
+    pub last: Vec<String>,
+    pub failures: Vec<String>,
+}
+
+impl Load {
+    pub fn start(port: u16, threads: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut st = LoadStats::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        match http_get(port, "/") {
+                            Ok((200, body)) => {
+                                st.ok += 1;
+                                *st.bodies.entry(body.trim().to_string()).or_default() += 1;
+                                st.last.push(body.trim().to_string());
+                                if st.last.len() > 20 {
+                                    st.last.remove(0);
+                                }
+                            }
+                            Ok((code, body)) => {
+                                st.non_200 += 1;
+                                if st.failures.len() < 10 {
+                                    st.failures.push(format!("{code}: {}", body.trim()));
+                                }
+                            }
+                            Err(e) => {
+                                st.errors += 1;
+                                if st.failures.len() < 10 {
+                                    st.failures.push(e.to_string());
+                                }
+                            }
+                        }
+                    }
+                    st
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    pub fn stop(self) -> LoadStats {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadStats::default();
+        for h in self.handles {
+            let st = h.join().expect("load thread");
+            total.ok += st.ok;
+            total.non_200 += st.non_200;
+            total.errors += st.errors;
+            for (b, n) in st.bodies {
+                *total.bodies.entry(b).or_default() += n;
+            }
+            total.last.extend(st.last);
+            total.failures.extend(st.failures);
+        }
+        total
+    }
+}
+
+/// A bodyless POST straight to a port: (status, body).
+pub fn raw_post(port: u16, path: &str) -> (u16, String) {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let r = raw(port, req.as_bytes(), Duration::from_secs(5)).unwrap_or_default();
+    let status = r
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = r
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

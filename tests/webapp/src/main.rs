@@ -19,7 +19,9 @@
 //! Endpoints: `GET /` (hello), `GET /health` (200 `ok` or 500 `unhealthy`),
 //! `POST /admin/unhealthy` and `POST /admin/healthy` to flip health at run
 //! time, `GET /slow?ms=N` to answer after N ms, `GET /env/NAME` to echo one
-//! variable. `webapp check [URL-PATH]` exits 0 when its own `/health` (or the
+//! variable, `GET /headers` to echo the request headers, `POST /upload` to
+//! count a body (Content-Length or chunked) without keeping it, and
+//! `GET /echo` with `Upgrade:` to switch protocols (101) and echo bytes. `webapp check [URL-PATH]` exits 0 when its own `/health` (or the
 //! path given) answers 200: a Docker HEALTHCHECK for an image without a shell.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -123,6 +125,9 @@ fn serve(stream: TcpStream, state: &State) -> std::io::Result<()> {
         let version = parts.next().unwrap_or("HTTP/1.0").to_string();
 
         let mut content_length = 0usize;
+        let mut chunked = false;
+        let mut upgrade = false;
+        let mut headers = String::new();
         let mut close = version == "HTTP/1.0";
         loop {
             let mut line = String::new();
@@ -133,17 +138,65 @@ fn serve(stream: TcpStream, state: &State) -> std::io::Result<()> {
             if line.is_empty() {
                 break;
             }
+            headers.push_str(line);
+            headers.push('\n');
             if let Some((name, value)) = line.split_once(':') {
                 let value = value.trim();
                 if name.eq_ignore_ascii_case("content-length") {
                     content_length = value.parse().unwrap_or(0);
                 } else if name.eq_ignore_ascii_case("connection") {
                     close = value.eq_ignore_ascii_case("close");
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.eq_ignore_ascii_case("chunked");
+                } else if name.eq_ignore_ascii_case("upgrade") {
+                    upgrade = true;
                 }
             }
         }
-        let mut body = vec![0u8; content_length];
-        reader.read_exact(&mut body)?;
+        // Bodies are counted, never kept: uploads of any size stream through.
+        let body_len = if chunked {
+            read_chunked(&mut reader)?
+        } else {
+            std::io::copy(
+                &mut (&mut reader).take(content_length as u64),
+                &mut std::io::sink(),
+            )?
+        };
+
+        if upgrade && target == "/echo" {
+            out.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+            )?;
+            // Whatever the reader already buffered is echoed first.
+            let buffered = reader.buffer().to_vec();
+            out.write_all(&buffered)?;
+            let mut inner = reader.into_inner();
+            std::io::copy(&mut inner, &mut out)?;
+            return Ok(());
+        }
+        if target == "/headers" {
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{headers}",
+                headers.len()
+            );
+            out.write_all(reply.as_bytes())?;
+            if close {
+                return Ok(());
+            }
+            continue;
+        }
+        if target == "/upload" {
+            let text = format!("{body_len}\n");
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            );
+            out.write_all(reply.as_bytes())?;
+            if close {
+                return Ok(());
+            }
+            continue;
+        }
 
         if !state.delay.is_zero() {
             std::thread::sleep(state.delay);
@@ -194,6 +247,29 @@ fn respond(method: &str, target: &str, state: &State) -> (&'static str, String) 
             ("200 OK", format!("{value}\n"))
         }
         _ => ("404 Not Found", "not found\n".to_string()),
+    }
+}
+
+/// Reads a chunked body to its end, returning its length.
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let mut size_line = String::new();
+        reader.read_line(&mut size_line)?;
+        let size = u64::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            // Trailers, then the blank line.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                    return Ok(total);
+                }
+            }
+        }
+        total += std::io::copy(&mut reader.by_ref().take(size), &mut std::io::sink())?;
+        let mut crlf = String::new();
+        reader.read_line(&mut crlf)?;
     }
 }
 

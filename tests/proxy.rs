@@ -1,0 +1,356 @@
+//! The in-process proxy through real containers: health-gated routing,
+//! draining, zero-downtime rollouts, and correct HTTP/1.1 proxying.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use support::{docker, http_get, raw, routed_service, wait_for, Agent, Load};
+
+const T: Duration = Duration::from_secs(40);
+
+async fn healthy_count(agent: &Agent, name: &str, n: u64) -> serde_json::Value {
+    wait_for(T, &format!("{name}: {n} healthy"), || async {
+        agent
+            .service(name)
+            .filter(|s| s["HealthyCount"].as_u64() == Some(n))
+    })
+    .await
+}
+
+/// The container ids answering `GET /env/HOSTNAME` through the proxy.
+fn answering_hosts(port: u16, requests: usize) -> BTreeSet<String> {
+    (0..requests)
+        .filter_map(|_| match http_get(port, "/env/HOSTNAME") {
+            Ok((200, b)) => Some(b.trim().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_healthy_backends_get_traffic_and_a_failing_one_leaves_and_returns() {
+    let d = docker().await;
+    let mut agent = Agent::new("health", &[]);
+    agent.start();
+    agent.write_service(routed_service("web", 2, &[], 5));
+    healthy_count(&agent, "web", 2).await;
+    let running = agent.running(&d).await;
+    let short = |id: &str| id[..12].to_string();
+    let all: BTreeSet<String> = running.iter().map(|c| short(&c.id)).collect();
+    assert_eq!(answering_hosts(agent.proxy, 20), all, "both tasks serve");
+
+    // One task starts failing its check: out after 2 failures.
+    let sick = &running[0];
+    let (code, _) = support::raw_post(sick.ports[0], "/admin/unhealthy");
+    assert_eq!(code, 200);
+    let s = healthy_count(&agent, "web", 1).await;
+    let events = s["Events"].to_string();
+    assert!(
+        events.contains("unhealthy") && events.contains("/health returned 500"),
+        "{events}"
+    );
+    let expect: BTreeSet<String> = [short(&running[1].id)].into();
+    assert_eq!(
+        answering_hosts(agent.proxy, 20),
+        expect,
+        "only the healthy task serves"
+    );
+
+    // It recovers: back after 2 passes.
+    support::raw_post(sick.ports[0], "/admin/healthy");
+    healthy_count(&agent, "web", 2).await;
+    assert_eq!(answering_hosts(agent.proxy, 20), all);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_never_passes_gets_no_traffic_and_routes_answer_404_and_503() {
+    let d = docker().await;
+    let mut agent = Agent::new("noroute", &[]);
+    agent.start();
+    let mut svc = routed_service("sick", 1, &[("UNHEALTHY", "1")], 1);
+    svc["loadBalancers"][0]["hosts"] = serde_json::json!(["sick.example"]);
+    agent.write_service(svc);
+    wait_for(T, "the container running", || async {
+        (agent.running(&d).await.len() == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = raw(
+        agent.proxy,
+        b"GET / HTTP/1.1\r\nHost: sick.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("no healthy backend for service sick"), "{r}");
+    let r = raw(
+        agent.proxy,
+        b"GET /x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    assert!(r.contains("no route for host \"other.example\""), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_update_of_4_tasks_under_load_fails_no_request() {
+    let d = docker().await;
+    let mut agent = Agent::new("rollout", &[]);
+    agent.start();
+    agent.write_service(routed_service("hello", 4, &[("PROVIDER", "world")], 5));
+    healthy_count(&agent, "hello", 4).await;
+    let old: BTreeSet<String> = agent.running(&d).await.into_iter().map(|c| c.id).collect();
+
+    let load = Load::start(agent.proxy, 6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let changed = Instant::now();
+    agent.write_service(routed_service("hello", 4, &[("PROVIDER", "ECS")], 5));
+    wait_for(T, "4 new tasks and no old container left", || async {
+        let all = agent.containers(&d).await;
+        let done = all.len() == 4 && all.iter().all(|c| c.running && !old.contains(&c.id));
+        done.then_some(())
+    })
+    .await;
+    let took = changed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = load.stop();
+    eprintln!(
+        "figure: rollout of 4 tasks under load: {} ms, {} ok, {} non-200, {} errors, bodies {:?}",
+        took.as_millis(),
+        stats.ok,
+        stats.non_200,
+        stats.errors,
+        stats.bodies
+    );
+    assert_eq!(
+        (stats.non_200, stats.errors),
+        (0, 0),
+        "failures: {:?}",
+        stats.failures
+    );
+    assert!(stats.ok > 100, "the load ran: {stats:?}");
+    assert!(stats.bodies.contains_key("Hello world!") && stats.bodies.contains_key("Hello ECS!"));
+    assert!(
+        stats.last.iter().all(|b| b == "Hello ECS!"),
+        "ends on the new revision: {:?}",
+        stats.last
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_that_crashes_is_rolled_back_while_the_old_one_serves() {
+    let d = docker().await;
+    let mut agent = Agent::new("breaker", &[]);
+    agent.start();
+    agent.write_service(routed_service("stable", 2, &[], 5));
+    healthy_count(&agent, "stable", 2).await;
+    let old: BTreeSet<String> = agent.running(&d).await.into_iter().map(|c| c.id).collect();
+
+    let load = Load::start(agent.proxy, 4);
+    agent.write_service(routed_service("stable", 2, &[("EXIT_AFTER_MS", "200")], 5));
+    let s = wait_for(T, "the rollout marked FAILED", || async {
+        agent
+            .service("stable")
+            .filter(|s| s["RolloutState"] == "FAILED")
+    })
+    .await;
+    let reason = s["RolloutStateReason"].as_str().unwrap_or("").to_string();
+    assert!(
+        reason.starts_with("deployment of revision 2 failed: 3 task(s) failed")
+            && reason.contains("exited with code 1")
+            && reason.ends_with("rolled back to revision 1"),
+        "{reason}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = load.stop();
+    assert_eq!(
+        (stats.non_200, stats.errors),
+        (0, 0),
+        "failures: {:?}",
+        stats.failures
+    );
+    assert_eq!(
+        stats.bodies.keys().collect::<Vec<_>>(),
+        vec!["Hello world!"]
+    );
+    let now: BTreeSet<String> = agent.running(&d).await.into_iter().map(|c| c.id).collect();
+    assert_eq!(now, old, "the old tasks kept running, untouched");
+    assert_eq!(agent.service("stable").unwrap()["Revision"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_that_never_passes_its_checks_is_rolled_back() {
+    let mut agent = Agent::new("breaker-hc", &[]);
+    agent.start();
+    agent.write_service(routed_service("checked", 1, &[], 5));
+    healthy_count(&agent, "checked", 1).await;
+    let load = Load::start(agent.proxy, 2);
+    agent.write_service(routed_service("checked", 1, &[("UNHEALTHY", "1")], 5));
+    let s = wait_for(
+        Duration::from_secs(60),
+        "the rollout marked FAILED",
+        || async {
+            agent
+                .service("checked")
+                .filter(|s| s["RolloutState"] == "FAILED")
+        },
+    )
+    .await;
+    let stats = load.stop();
+    let reason = s["RolloutStateReason"].to_string();
+    assert!(
+        reason.contains("never passed its health checks")
+            && reason.contains("/health returned 500"),
+        "{reason}"
+    );
+    assert_eq!(
+        (stats.non_200, stats.errors),
+        (0, 0),
+        "failures: {:?}",
+        stats.failures
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_request_in_flight_completes_before_its_task_is_stopped() {
+    let d = docker().await;
+    let mut agent = Agent::new("drain", &[]);
+    agent.start();
+    agent.write_service(routed_service("slow", 1, &[], 10));
+    healthy_count(&agent, "slow", 1).await;
+    let container = agent.running(&d).await.remove(0);
+
+    let port = agent.proxy;
+    let slow = std::thread::spawn(move || {
+        let r = http_get(port, "/slow?ms=3000");
+        (r, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.write_service(routed_service("slow", 0, &[], 10));
+    let ((answer, answered_at), stopped_at) = {
+        let (r, at) = slow.join().unwrap();
+        let stopped = wait_for(T, "the container removed", || async {
+            (agent.containers(&d).await.is_empty()).then(Instant::now)
+        })
+        .await;
+        ((r, at), stopped)
+    };
+    let (code, body) = answer.expect("the slow request is answered");
+    assert_eq!((code, body.as_str()), (200, "slept 3000 ms\n"));
+    assert!(stopped_at >= answered_at);
+    let log = agent.log();
+    assert!(log.contains("drained"), "{log}");
+    let _ = container;
+    // New requests got no backend once the drain began.
+    let (code, _) = http_get(agent.proxy, "/").unwrap();
+    assert!(code == 503 || code == 404, "{code}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_semantics_through_the_proxy() {
+    let mut agent = Agent::new("http", &["DOCKHAND_PROXY_MAX_HEADER_BYTES=4096"]);
+    agent.start();
+    agent.write_service(routed_service("echo", 1, &[], 1));
+    healthy_count(&agent, "echo", 1).await;
+    let p = agent.proxy;
+    let t = Duration::from_secs(5);
+
+    // Host preserved, X-Forwarded-* set, hop-by-hop and Connection-named
+    // headers removed.
+    let r = raw(
+        p,
+        b"GET /headers HTTP/1.1\r\nHost: app.example:8080\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 192.0.2.7\r\nX-Keep: yes\r\n\r\n",
+        t,
+    )
+    .unwrap();
+    let lower = r.to_ascii_lowercase();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(lower.contains("\nhost: app.example:8080\n"), "{r}");
+    assert!(
+        lower.contains("x-forwarded-for: 192.0.2.7, 127.0.0.1"),
+        "{r}"
+    );
+    assert!(lower.contains("x-forwarded-proto: http"), "{r}");
+    assert!(lower.contains("x-forwarded-host: app.example:8080"), "{r}");
+    assert!(lower.contains(&format!("x-forwarded-port: {p}")), "{r}");
+    assert!(lower.contains("x-keep: yes"), "{r}");
+    assert!(
+        !lower.contains("x-secret") && !lower.contains("keep-alive:"),
+        "{r}"
+    );
+
+    // HTTP/1.0 client.
+    let r = raw(p, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", t).unwrap();
+    assert!(
+        r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
+        "{r}"
+    );
+    assert!(r.ends_with("Hello world!\n"), "{r}");
+
+    // Client keep-alive: two requests on one connection.
+    let r = raw(
+        p,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .unwrap();
+    assert_eq!(r.matches("HTTP/1.1 200").count(), 2, "{r}");
+
+    // Chunked upload, streamed, with Expect: 100-continue.
+    let mut req = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".to_vec();
+    let chunk = vec![b'a'; 65536];
+    for _ in 0..64 {
+        req.extend_from_slice(b"10000\r\n");
+        req.extend_from_slice(&chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = raw(p, &req, t).unwrap();
+    assert!(
+        r.contains("HTTP/1.1 200") && r.ends_with("\r\n4194304\n"),
+        "{}",
+        &r[..r.len().min(300)]
+    );
+
+    // Upgrade (WebSocket-style): 101, then bytes both ways.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", p)).unwrap();
+        s.set_read_timeout(Some(t)).unwrap();
+        s.write_all(
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(b"ping through the proxy").unwrap();
+        let mut got = Vec::new();
+        while got.len() < 22 {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "echo closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got, b"ping through the proxy");
+    }
+
+    // Malformed and oversized requests get 400 / 431; the proxy lives on.
+    let r = raw(p, b"GARBAGE\r\n\r\n", t).unwrap();
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8192)
+    );
+    let r = raw(p, big.as_bytes(), t).unwrap();
+    assert!(
+        r.starts_with("HTTP/1.1 431") || r.starts_with("HTTP/1.1 400"),
+        "{r}"
+    );
+    assert_eq!(
+        http_get(p, "/").unwrap(),
+        (200, "Hello world!\n".to_string())
+    );
+}
