@@ -12,6 +12,10 @@ cd "$(dirname "$0")/.."
 . scripts/docker-env.sh
 
 ensure_docker
+if ! command -v systemd-socket-activate >/dev/null 2>&1; then
+  log "installing systemd (for systemd-socket-activate and systemd-analyze)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
 log "Docker engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST"
 
 log "building the test image"

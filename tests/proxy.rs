@@ -354,3 +354,82 @@ async fn http_semantics_through_the_proxy() {
         (200, "Hello world!\n".to_string())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_restart_under_socket_activation_fails_no_request() {
+    let d = docker().await;
+    let mut agent = Agent::new("activation", &["DOCKHAND_PROXY_SHUTDOWN_GRACE=10s"]);
+    agent.start_socket_activated(2);
+    // systemd-socket-activate starts the program on the first connection.
+    let port = agent.proxy;
+    let first = std::thread::spawn(move || {
+        // Retry until systemd-socket-activate has bound the socket.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match http_get(port, "/") {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                other => return other,
+            }
+        }
+    });
+    agent.write_service(routed_service("kept", 2, &[], 5));
+    let (code, _) = first
+        .join()
+        .unwrap()
+        .expect("the first connection is served");
+    assert!(code == 404 || code == 503 || code == 200, "{code}");
+    healthy_count(&agent, "kept", 2).await;
+    let before: BTreeSet<String> = agent.running(&d).await.into_iter().map(|c| c.id).collect();
+    let first_pid = agent.activated_agent_pid().expect("agent pid");
+
+    let load = Load::start(agent.proxy, 4);
+    let slow = std::thread::spawn(move || http_get(port, "/slow?ms=2000"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &first_pid.to_string()])
+        .status();
+    // The second agent takes over the same socket.
+    let second_pid = wait_for(T, "the second agent", || async {
+        agent.activated_agent_pid().filter(|p| *p != first_pid)
+    })
+    .await;
+    let handover = sent.elapsed();
+    wait_for(T, "the second agent serving its API", || async {
+        agent.service("kept").filter(|s| s["HealthyCount"] == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = load.stop();
+    let (code, body) = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight slow request is answered");
+    eprintln!(
+        "figure: agent restart under load: handover {} ms, {} ok, {} non-200, {} errors",
+        handover.as_millis(),
+        stats.ok,
+        stats.non_200,
+        stats.errors
+    );
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "slept 2000 ms\n"),
+        "in-flight request finished"
+    );
+    assert_eq!(
+        (stats.non_200, stats.errors),
+        (0, 0),
+        "failures: {:?}",
+        stats.failures
+    );
+    assert!(stats.ok > 50, "{stats:?}");
+    let after: BTreeSet<String> = agent.running(&d).await.into_iter().map(|c| c.id).collect();
+    assert_eq!(before, after, "no task restarted");
+    assert_ne!(first_pid, second_pid);
+}
