@@ -2,9 +2,11 @@
 //! retry when that is safe, and stream the answer back.
 //!
 //! Retries: a request is tried again (on another backend when there is one)
-//! only when it cannot have reached a backend — the connection failed, or
-//! hyper hands the unsent request back — or when it is idempotent and has no
-//! body, so sending it twice is harmless. Nothing else is retried.
+//! only when it cannot have reached a backend: the connection failed, or
+//! hyper hands the unsent request back (a pooled connection the backend had
+//! just closed). Anything that may have reached a backend is not retried,
+//! idempotent or not: replaying it would need a copy of every request's
+//! headers on the hot path, for a failure the health checks handle anyway.
 
 use crate::backend::{Backend, InFlight};
 use crate::health::describe_io;
@@ -14,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -133,13 +135,6 @@ fn request_host(req: &Request<Incoming>) -> String {
     without_port.to_ascii_lowercase()
 }
 
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
 /// A response body that keeps its request counted as in flight until done.
 struct Tracked {
     inner: Incoming,
@@ -171,10 +166,10 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let host = request_host(&req);
     let path = req.uri().path().to_string();
-    let route = {
+    let (route, algorithm) = {
         let table = inner.table();
         match table.find(&host, &path) {
-            Some(r) => Arc::clone(r),
+            Some(m) => (Arc::clone(m.route), m.algorithm),
             None => {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -191,12 +186,15 @@ pub(crate) async fn handle(
     strip_hop_by_hop(&mut parts.headers, upgrade);
     set_forwarded(&mut parts.headers, &client, original_host.as_ref());
     parts.version = Version::HTTP_11;
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        // Absolute form from a client: backends get origin form.
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    }
     if !parts.headers.contains_key(HOST) {
         if let Some(h) = original_host
             .clone()
@@ -205,40 +203,23 @@ pub(crate) async fn handle(
             parts.headers.insert(HOST, h);
         }
     }
-    let bodyless = body.is_end_stream();
-    let replayable = bodyless && idempotent(&parts.method);
-    // Kept to rebuild a bodyless request for a safe retry.
-    let template = (
-        parts.method.clone(),
-        parts.uri.clone(),
-        parts.headers.clone(),
-    );
     let mut request = Some(Request::from_parts(parts, body.boxed()));
 
     let settings = &inner.settings;
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_error = String::from("no attempt made");
     for _attempt in 0..3 {
-        let Some(backend) = route.pick(&tried).or_else(|| {
+        let Some(backend) = route.pick(algorithm, &tried).or_else(|| {
             // Only one backend: a retry may reuse it on a new connection.
-            (!tried.is_empty()).then(|| route.pick(&[])).flatten()
+            (!tried.is_empty())
+                .then(|| route.pick(algorithm, &[]))
+                .flatten()
         }) else {
             break;
         };
-        let req_now = match request.take() {
-            Some(r) => r,
-            None if replayable => {
-                let mut r = Request::new(
-                    Full::new(Bytes::new())
-                        .map_err(|never| match never {})
-                        .boxed(),
-                );
-                *r.method_mut() = template.0.clone();
-                *r.uri_mut() = template.1.clone();
-                *r.headers_mut() = template.2.clone();
-                r
-            }
-            None => break,
+        // The request is here only if no earlier attempt sent it.
+        let Some(req_now) = request.take() else {
+            break;
         };
         let in_flight = backend.begin_request();
         let mut sender = match backend.checkout(settings.connect_timeout).await {
@@ -279,10 +260,7 @@ pub(crate) async fn handle(
                     tried.push(backend);
                     continue;
                 }
-                if replayable {
-                    tried.push(backend);
-                    continue;
-                }
+                // It may have reached the backend: not retried.
                 break;
             }
         };

@@ -85,25 +85,12 @@ impl Route {
         (host_class, s.path_prefix.len())
     }
 
-    fn matches(&self, host: &str, path: &str) -> Option<u8> {
-        let s = read(&self.spec);
-        let host_class = if s.hosts.is_empty() {
-            0
-        } else if s.hosts.iter().any(|h| h == host) {
-            2
-        } else if s.hosts.iter().any(|h| {
-            h.strip_prefix("*.")
-                .is_some_and(|suffix| host.ends_with(&format!(".{suffix}")))
-        }) {
-            1
-        } else {
-            return None;
-        };
-        prefix_matches(&s.path_prefix, path).then_some(host_class)
-    }
-
     /// Picks a routable backend not in `tried`.
-    pub(crate) fn pick(&self, tried: &[Arc<Backend>]) -> Option<Arc<Backend>> {
+    pub(crate) fn pick(
+        &self,
+        algorithm: Algorithm,
+        tried: &[Arc<Backend>],
+    ) -> Option<Arc<Backend>> {
         let backends = read(&self.backends);
         let n = backends.len();
         if n == 0 {
@@ -113,7 +100,6 @@ impl Route {
         let candidates = (0..n)
             .map(|i| &backends[(start + i) % n])
             .filter(|b| b.routable() && !tried.iter().any(|t| Arc::ptr_eq(t, b)));
-        let algorithm = read(&self.spec).algorithm;
         match algorithm {
             Algorithm::RoundRobin => candidates.into_iter().next().cloned(),
             Algorithm::LeastOutstanding => candidates.min_by_key(|b| b.in_flight()).cloned(),
@@ -125,46 +111,95 @@ impl Route {
     }
 }
 
+/// `prefix` without its trailing slash; empty matches every path.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" || prefix.is_empty() {
+    if prefix.is_empty() {
         return true;
     }
-    let prefix = prefix.trim_end_matches('/');
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
         None => false,
     }
 }
 
-/// All routes, most specific first. Replaced whole on every change, so a
-/// request sees one consistent table.
+/// All routes, most specific first, with what matching needs copied out of
+/// their specs: a request takes no lock to find its route. Replaced whole on
+/// every change, so a request sees one consistent table.
 #[derive(Default)]
 pub struct Table {
-    routes: Vec<Arc<Route>>,
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    exact: Vec<String>,
+    /// `.example.com` for `*.example.com`.
+    suffixes: Vec<String>,
+    any_host: bool,
+    prefix: String,
+    algorithm: Algorithm,
+    route: Arc<Route>,
+}
+
+/// A matched route and how to pick among its backends.
+pub struct Matched<'a> {
+    pub route: &'a Arc<Route>,
+    pub algorithm: Algorithm,
 }
 
 impl Table {
-    pub(crate) fn new(mut routes: Vec<Arc<Route>>) -> Table {
-        routes.sort_by_key(|r| std::cmp::Reverse(r.rank()));
-        Table { routes }
+    pub(crate) fn new(routes: Vec<Arc<Route>>) -> Table {
+        let mut entries: Vec<Entry> = routes
+            .into_iter()
+            .map(|route| {
+                let spec = route.spec();
+                let (suffixes, exact): (Vec<String>, Vec<String>) = spec
+                    .hosts
+                    .iter()
+                    .cloned()
+                    .partition(|h| h.starts_with("*."));
+                Entry {
+                    any_host: spec.hosts.is_empty(),
+                    exact,
+                    suffixes: suffixes.iter().map(|h| h[1..].to_string()).collect(),
+                    prefix: spec.path_prefix.trim_end_matches('/').to_string(),
+                    algorithm: spec.algorithm,
+                    route,
+                }
+            })
+            .collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.route.rank()));
+        Table { entries }
     }
 
-    pub fn routes(&self) -> &[Arc<Route>] {
-        &self.routes
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.entries.iter().map(|e| &e.route)
     }
 
     /// The most specific route for `host` (without port, lower case) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
-        let mut best: Option<(&Arc<Route>, (u8, usize))> = None;
-        for r in &self.routes {
-            if let Some(class) = r.matches(host, path) {
-                let rank = (class, read(&r.spec).path_prefix.len());
-                if best.as_ref().is_none_or(|(_, b)| rank > *b) {
-                    best = Some((r, rank));
-                }
+    pub fn find(&self, host: &str, path: &str) -> Option<Matched<'_>> {
+        let mut best: Option<(&Entry, (u8, usize))> = None;
+        for e in &self.entries {
+            let class = if e.exact.iter().any(|h| h == host) {
+                2
+            } else if e.suffixes.iter().any(|s| host.ends_with(s.as_str())) {
+                1
+            } else if e.any_host {
+                0
+            } else {
+                continue;
+            };
+            if !prefix_matches(&e.prefix, path) {
+                continue;
+            }
+            let rank = (class, e.prefix.len());
+            if best.as_ref().is_none_or(|(_, b)| rank > *b) {
+                best = Some((e, rank));
             }
         }
-        best.map(|(r, _)| r)
+        best.map(|(e, _)| Matched {
+            route: &e.route,
+            algorithm: e.algorithm,
+        })
     }
 }
 
@@ -201,7 +236,7 @@ mod tests {
             route("wild", &["*.example.com"], "/"),
             route("site-api", &["example.com"], "/api"),
         ]);
-        let f = |h: &str, p: &str| t.find(h, p).map(|r| r.service.clone());
+        let f = |h: &str, p: &str| t.find(h, p).map(|m| m.route.service.clone());
         assert_eq!(f("other.org", "/"), Some("any".into()));
         assert_eq!(f("other.org", "/api/x"), Some("api".into()));
         assert_eq!(

@@ -101,8 +101,12 @@ async fn accept_loop(
                 .timer(TokioTimer::new())
                 .header_read_timeout(settings.idle_timeout)
                 .max_buf_size(settings.max_header_bytes.max(8192))
-                .max_headers(settings.max_headers)
                 .keep_alive(true);
+            // hyper's default is 100 on the stack; any other count moves
+            // header parsing to the heap, so only set it when asked.
+            if settings.max_headers != 100 {
+                builder.max_headers(settings.max_headers);
+            }
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
