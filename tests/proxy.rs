@@ -386,6 +386,9 @@ async fn an_agent_restart_under_socket_activation_fails_no_request() {
     healthy_count(&agent, "kept", 2).await;
     let before: BTreeSet<String> = agent.running(&d).await.into_iter().map(|c| c.id).collect();
     let first_pid = agent.activated_agent_pid().expect("agent pid");
+    // Let the tasks run past their health-check deadline (5 s here), so the
+    // new agent must not mistake adopted tasks for ones that never passed.
+    tokio::time::sleep(Duration::from_secs(6)).await;
 
     let load = Load::start(agent.proxy, 4);
     let slow = std::thread::spawn(move || http_get(port, "/slow?ms=2000"));

@@ -117,6 +117,9 @@ pub struct Supervisor<S> {
     /// Tasks seen healthy at least once; the others may be failed for
     /// never passing their checks.
     ever_healthy: HashSet<String>,
+    /// When this agent process first saw each task: an adopted task's
+    /// health deadline runs from here, not from when it started.
+    first_seen: HashMap<String, Instant>,
     /// Fired once the first reconcile is done and every backend has been
     /// checked once, so listeners open onto a table with healthy backends.
     ready: Option<(tokio::sync::oneshot::Sender<()>, Instant)>,
@@ -163,6 +166,7 @@ impl<S: DesiredSource> Supervisor<S> {
             health_events,
             launched_here: HashSet::new(),
             ever_healthy: HashSet::new(),
+            first_seen: HashMap::new(),
             ready: Some((ready, Instant::now() + READY_WAIT)),
         }
     }
@@ -681,13 +685,14 @@ impl<S: DesiredSource> Supervisor<S> {
                 })
             })
             .collect();
+        let now_instant = Instant::now();
         for v in &views {
             if v.healthy {
                 self.ever_healthy.insert(v.id.clone());
             }
+            self.first_seen.entry(v.id.clone()).or_insert(now_instant);
         }
         if let Some(deadline) = health_deadline(&spec) {
-            let now = now_ms();
             let doomed: Vec<(String, u64)> = views
                 .iter()
                 .filter(|v| !v.healthy && !v.stopping && !self.ever_healthy.contains(&v.id))
@@ -696,23 +701,19 @@ impl<S: DesiredSource> Supervisor<S> {
                         .get(&v.id)
                         .is_some_and(|t| t.known_status() == crate::task::KnownStatus::Running)
                 })
-                .filter(|v| now.saturating_sub(v.created_at_ms) > deadline.as_millis() as u64)
-                .map(|v| (v.id.clone(), now.saturating_sub(v.created_at_ms) / 1000))
+                .filter_map(|v| {
+                    let seen = self.first_seen.get(&v.id)?.elapsed();
+                    (seen > deadline).then(|| (v.id.clone(), seen.as_secs()))
+                })
                 .collect();
             // Wake when the next unproven task reaches its deadline.
             let next = views
                 .iter()
                 .filter(|v| !v.healthy && !v.stopping && !self.ever_healthy.contains(&v.id))
-                .map(|v| {
-                    deadline.as_millis() as u64
-                        - now
-                            .saturating_sub(v.created_at_ms)
-                            .min(deadline.as_millis() as u64)
-                })
-                .filter(|ms| *ms > 0)
+                .filter_map(|v| deadline.checked_sub(self.first_seen.get(&v.id)?.elapsed()))
                 .min();
-            if let Some(ms) = next {
-                self.wake_in(Duration::from_millis(ms + 10));
+            if let Some(left) = next {
+                self.wake_in(left + Duration::from_millis(10));
             }
             for (id, secs) in doomed {
                 let why = match self.proxy.task_failure(&id) {

@@ -15,6 +15,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use tokio::sync::{watch, Semaphore};
 
+/// On shutdown, how long a keep-alive connection may take to send one more
+/// request (answered with `Connection: close`) before it is closed idle.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub(crate) async fn serve(
     inner: Arc<Inner>,
     listeners: Vec<tokio::net::TcpListener>,
@@ -90,10 +94,22 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let settings = inner.settings.clone();
+            let closing = stop.clone();
             let service = hyper::service::service_fn(move |req| {
                 let inner = Arc::clone(&inner);
+                let closing = *closing.borrow();
                 async move {
-                    Ok::<_, std::convert::Infallible>(forward::handle(inner, client, req).await)
+                    let mut resp = forward::handle(inner, client, req).await;
+                    if closing {
+                        // Shutting down: this answer ends the connection,
+                        // so the client reconnects (to the next agent)
+                        // instead of racing a close on an idle socket.
+                        resp.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
                 }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -118,8 +134,13 @@ async fn accept_loop(
                     }
                 }
                 _ = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(settings.shutdown_grace, conn).await;
+                    // First let busy clients get one more answer with
+                    // `Connection: close`; then close what is still idle.
+                    let linger = settings.shutdown_grace.min(CLOSE_LINGER);
+                    if tokio::time::timeout(linger, conn.as_mut()).await.is_err() {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(settings.shutdown_grace - linger, conn).await;
+                    }
                 }
             }
         });
