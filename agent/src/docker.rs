@@ -52,6 +52,8 @@ pub enum DockerError {
     },
     #[error("Docker: {0}")]
     Api(#[from] bollard::errors::Error),
+    #[error("Docker did not answer within {}s", .0.as_secs())]
+    Timeout(std::time::Duration),
 }
 
 impl DockerError {

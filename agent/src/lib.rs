@@ -16,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod desired;
 pub mod docker;
+pub mod notify;
 pub mod ports;
 pub mod rollout;
 pub mod status;
@@ -117,7 +118,7 @@ pub async fn run(
         let during = stopped(stop_rx.clone());
         tokio::spawn(async move {
             tokio::select! {
-                _ = ready_rx => {}
+                _ = ready_rx => notify::ready("serving"),
                 // Docker may be down for long: serve 404/503 rather than
                 // leave clients hanging.
                 _ = tokio::time::sleep(Duration::from_secs(15)) => {}
@@ -128,6 +129,7 @@ pub async fn run(
     };
 
     let body = async {
+        notify::status("waiting for Docker");
         let Some(docker) = connect_with_retry(&cfg.docker_host, stopped(stop_rx.clone())).await
         else {
             return;
@@ -168,6 +170,7 @@ pub async fn run(
             tracing::info!("shutting down; containers keep running");
         }
     }
+    notify::stopping();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut body).await;
     // The proxy finishes in-flight requests within its grace period.

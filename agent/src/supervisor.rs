@@ -40,6 +40,9 @@ use tokio::time::Instant;
 
 /// A full reconcile runs at least this often, for events Docker lost.
 const SAFETY_NET_INTERVAL: Duration = Duration::from_secs(30);
+/// A pass that cannot list containers within this gives up and retries,
+/// so a hung Docker cannot wedge the loop (and starve the watchdog).
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the desired-state source is asked for changes.
 const SOURCE_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// First crash replacement is immediate, then 1 s doubling to this cap.
@@ -120,6 +123,8 @@ pub struct Supervisor<S> {
     /// When this agent process first saw each task: an adopted task's
     /// health deadline runs from here, not from when it started.
     first_seen: HashMap<String, Instant>,
+    /// The last STATUS= line sent to systemd.
+    last_status_line: String,
     /// Fired once the first reconcile is done and every backend has been
     /// checked once, so listeners open onto a table with healthy backends.
     ready: Option<(tokio::sync::oneshot::Sender<()>, Instant)>,
@@ -167,6 +172,7 @@ impl<S: DesiredSource> Supervisor<S> {
             launched_here: HashSet::new(),
             ever_healthy: HashSet::new(),
             first_seen: HashMap::new(),
+            last_status_line: String::new(),
             ready: Some((ready, Instant::now() + READY_WAIT)),
         }
     }
@@ -187,6 +193,13 @@ impl<S: DesiredSource> Supervisor<S> {
         let mut poll = tokio::time::interval(SOURCE_POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut safety_net = Instant::now() + SAFETY_NET_INTERVAL;
+        // The watchdog is kicked from this loop, so a wedged loop (not just
+        // a dead process) gets the agent restarted.
+        let mut watchdog = crate::notify::watchdog_interval().map(|every| {
+            let mut i = tokio::time::interval(every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         let mut dirty = true;
 
         loop {
@@ -224,6 +237,9 @@ impl<S: DesiredSource> Supervisor<S> {
                     dirty = true;
                 }
                 _ = poll.tick() => {}
+                _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
+                    crate::notify::watchdog();
+                }
                 _ = tokio::time::sleep_until(wake) => {
                     self.wake_at = None;
                     dirty = true;
@@ -394,7 +410,11 @@ impl<S: DesiredSource> Supervisor<S> {
     /// One pass: observe, then move every service one step.
     async fn reconcile(&mut self) {
         let started = Instant::now();
-        let observed = match docker::observe(&self.docker, &self.store.state.instance_id).await {
+        let observing = docker::observe(&self.docker, &self.store.state.instance_id);
+        let observed = match tokio::time::timeout(OBSERVE_TIMEOUT, observing)
+            .await
+            .unwrap_or(Err(docker::DockerError::Timeout(OBSERVE_TIMEOUT)))
+        {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(cause = %e, "cannot observe containers; retrying");
@@ -1099,7 +1119,7 @@ impl<S: DesiredSource> Supervisor<S> {
     }
 
     /// Publishes what the local API and `dockhand status` show.
-    fn publish(&self, tasks: &BTreeMap<String, TaskObs>) {
+    fn publish(&mut self, tasks: &BTreeMap<String, TaskObs>) {
         let mut snapshot = Snapshot {
             cluster: self.cfg.cluster.clone(),
             instance_id: self.store.state.instance_id.clone(),
@@ -1186,6 +1206,26 @@ impl<S: DesiredSource> Supervisor<S> {
                     .map(|e| e.iter().cloned().collect())
                     .unwrap_or_default(),
             });
+        }
+        let running: usize = snapshot.services.iter().map(|s| s.running as usize).sum();
+        let healthy: usize = snapshot.services.iter().map(|s| s.healthy as usize).sum();
+        let pending = snapshot
+            .services
+            .iter()
+            .filter(|s| s.pending_reason.is_some())
+            .count();
+        let line = format!(
+            "{} service(s), {running} task(s) running, {healthy} healthy{}",
+            snapshot.services.len(),
+            if pending > 0 {
+                format!(", {pending} service(s) waiting (see dockhand status)")
+            } else {
+                String::new()
+            }
+        );
+        if self.last_status_line != line {
+            crate::notify::status(&line);
+            self.last_status_line = line;
         }
         match self.status.write() {
             Ok(mut s) => *s = snapshot,

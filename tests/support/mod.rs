@@ -116,6 +116,11 @@ impl Agent {
 
     /// Starts the agent process (appending to its log).
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the agent with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "agent already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -125,6 +130,7 @@ impl Agent {
         let child = dockhand()
             .args(["agent", "--config"])
             .arg(&self.config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -373,7 +379,7 @@ pub fn dockhand() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
     // The test's own config must not be overridden by the caller's shell.
     for (k, _) in std::env::vars() {
-        if k.starts_with("ECS_") || k.starts_with("DOCKHAND_") {
+        if k.starts_with("ECS_") || k.starts_with("DOCKHAND_") || k == "DOCKER_HOST" {
             cmd.env_remove(k);
         }
     }
