@@ -6,7 +6,8 @@
 #      docker.io if needed, starts a private dockerd if none answers and stops
 #      it at the end, also on failure);
 #   2. builds the test image (skipped when the test binary is unchanged);
-#   3. runs cargo fmt --check, clippy -D warnings and every test.
+#   3. runs cargo fmt --check, clippy -D warnings and every test;
+#   4. builds the .deb, installs, checks and purges it (tests/package.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/docker-env.sh
@@ -27,3 +28,5 @@ log "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 log "cargo test"
 cargo test --locked --workspace -- --test-threads=4
+log "package test"
+tests/package.sh
