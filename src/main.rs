@@ -2,6 +2,7 @@
 //! the config, set up logging, and hand over to the agent library.
 
 use clap::{Parser, Subcommand};
+use dockhand_agent::client;
 use dockhand_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +32,30 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Services, tasks, health, and for anything not right, why.
+    Status {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Print the agent's /v1/services and /v1/tasks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a service file, install it atomically, and follow the
+    /// rollout: exit 0 when the new revision runs healthy, non-zero with the
+    /// reason when it fails or times out.
+    Deploy {
+        /// A service file (ECS CreateService JSON with the task definition inline).
+        file: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// How long to follow the rollout, e.g. 90s, 5m.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    dockhand_agent::config::parse_duration(s)
 }
 
 #[derive(Subcommand)]
@@ -84,6 +109,51 @@ fn main() -> ExitCode {
                 println!("{key:<width$}  {value:<32}  # {source}");
             }
             ExitCode::SUCCESS
+        }
+        Command::Status { config, json } => {
+            let Some(loaded) = load(config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let api = loaded.config.api_listen;
+            let got = client::get_json(api, "/v1/services")
+                .and_then(|s| client::get_json(api, "/v1/tasks").map(|t| (s, t)));
+            match got {
+                Ok((services, tasks)) if json => {
+                    let both = serde_json::json!({"Services": services["Services"], "Tasks": tasks["Tasks"]});
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&both).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok((services, tasks)) => {
+                    print!("{}", client::render_status(&services, &tasks));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dockhand status: {e}");
+                    ExitCode::from(client::EXIT_UNAVAILABLE)
+                }
+            }
+        }
+        Command::Deploy {
+            file,
+            config,
+            timeout,
+        } => {
+            let Some(loaded) = load(config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let cfg = &loaded.config;
+            match client::deploy(&file, &cfg.services_dir, cfg.api_listen, timeout, |line| {
+                eprintln!("{line}")
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dockhand deploy: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
         }
         Command::Agent { config } => {
             let Some(loaded) = load(config) else {

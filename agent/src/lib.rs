@@ -13,6 +13,7 @@
 //! - [`status`] and [`api`]: what the agent publishes about itself.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod desired;
 pub mod docker;

@@ -116,12 +116,17 @@ impl TaskStatus {
 pub struct ServiceStatus {
     pub name: String,
     pub family: String,
+    /// Digest of the task definition it runs (after any rollback).
+    pub digest: Option<String>,
+    /// A digest whose rollout failed, if any.
+    pub failed_digest: Option<String>,
     /// The revision the service wants; `None` if no valid spec is known.
     pub revision: Option<u32>,
     pub desired: u32,
     pub running: u32,
     pub healthy: u32,
-    pub running_by_revision: BTreeMap<u32, u32>,
+    /// Revision → (running, healthy) tasks.
+    pub running_by_revision: BTreeMap<u32, (u32, u32)>,
     pub pending_reason: Option<String>,
     pub broken_file: bool,
     pub consecutive_failures: u32,
@@ -197,12 +202,14 @@ impl Snapshot {
                 json!({
                     "ServiceName": s.name,
                     "Family": s.family,
+                    "Digest": s.digest,
+                    "FailedDigest": s.failed_digest,
                     "Revision": s.revision,
                     "DesiredCount": s.desired,
                     "RunningCount": s.running,
                     "HealthyCount": s.healthy,
-                    "Deployments": s.running_by_revision.iter().map(|(rev, n)| json!({
-                        "Revision": rev, "RunningCount": n,
+                    "Deployments": s.running_by_revision.iter().map(|(rev, (running, healthy))| json!({
+                        "Revision": rev, "RunningCount": running, "HealthyCount": healthy,
                         "Status": if Some(*rev) == s.revision { "PRIMARY" } else { "ACTIVE" },
                     })).collect::<Vec<_>>(),
                     "PendingReason": s.pending_reason,

@@ -1175,14 +1175,16 @@ impl<S: DesiredSource> Supervisor<S> {
             });
             let mut running = 0;
             let mut healthy = 0;
-            let mut by_revision: BTreeMap<u32, u32> = BTreeMap::new();
+            // Per revision: (running, healthy).
+            let mut by_revision: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
             for t in mine {
                 if t.desired == "RUNNING" && t.known == "RUNNING" {
                     running += 1;
-                    *by_revision.entry(t.revision).or_default() += 1;
+                    by_revision.entry(t.revision).or_default().0 += 1;
                 }
                 if t.desired == "RUNNING" && t.healthy {
                     healthy += 1;
+                    by_revision.entry(t.revision).or_default().1 += 1;
                 }
             }
             snapshot.services.push(ServiceStatus {
@@ -1190,6 +1192,8 @@ impl<S: DesiredSource> Supervisor<S> {
                 family: spec
                     .map(|s| s.task_definition.family.clone())
                     .unwrap_or_default(),
+                digest: spec.map(|s| s.task_definition.digest()),
+                failed_digest: rec.failed_digest.clone(),
                 revision,
                 desired: spec.map_or(0, ServiceSpec::wanted_tasks),
                 running,

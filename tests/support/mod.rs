@@ -136,6 +136,12 @@ impl Agent {
             .spawn()
             .expect("spawn dockhand agent");
         self.child = Some(child);
+        // Ready for tests once its local API answers (bound before Docker is
+        // even asked), so no test races the agent's start.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_get(self.api, "/v1/metadata").is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts the agent under `systemd-socket-activate`, which holds the
@@ -200,21 +206,38 @@ impl Agent {
         (started.elapsed(), status)
     }
 
-    /// Writes a service file, labelling every container for cleanup.
-    pub fn write_service(&self, mut service: Value) {
-        let name = service["serviceName"]
-            .as_str()
-            .expect("serviceName")
-            .to_string();
+    /// Labels every container of a service for this test's cleanup.
+    pub fn labelled(&self, mut service: Value) -> Value {
         if let Some(cs) = service["taskDefinition"]["containerDefinitions"].as_array_mut() {
             for c in cs {
                 c["dockerLabels"][TEST_LABEL] = json!(self.id);
             }
         }
+        service
+    }
+
+    /// Writes a service file, labelling every container for cleanup.
+    pub fn write_service(&self, service: Value) {
+        let service = self.labelled(service);
+        let name = service["serviceName"]
+            .as_str()
+            .expect("serviceName")
+            .to_string();
         self.write_raw(
             &name,
             &serde_json::to_string_pretty(&service).expect("json"),
         );
+    }
+
+    /// Runs a `dockhand` subcommand against this agent's config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let (cmd, rest) = args.split_first().expect("a subcommand");
+        dockhand()
+            .arg(cmd)
+            .args(["--config", self.config.to_str().expect("utf-8 path")])
+            .args(rest)
+            .output()
+            .expect("run dockhand")
     }
 
     /// Installs a file atomically, as `dockhand deploy` will.
