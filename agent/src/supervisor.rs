@@ -318,6 +318,15 @@ impl<S: DesiredSource> Supervisor<S> {
         }
     }
 
+    /// The durable record of `service`, created on first use.
+    fn service_record(&mut self, service: &str) -> &mut ServiceRecord {
+        self.store
+            .state
+            .services
+            .entry(service.to_string())
+            .or_default()
+    }
+
     fn save(&mut self) {
         if let Err(e) = self.store.save() {
             tracing::error!(cause = %e, "cannot persist agent state");
@@ -353,12 +362,7 @@ impl<S: DesiredSource> Supervisor<S> {
             .map(|t| t.digest.clone())
             .unwrap_or_default();
         let revisions = self.store.state.revisions.clone();
-        let rec = self
-            .store
-            .state
-            .services
-            .entry(service.to_string())
-            .or_default();
+        let rec = self.service_record(service);
         if ran_for.is_some_and(|d| d >= BACKOFF_RESET_AFTER) {
             rec.consecutive_failures = 0;
         }
@@ -623,17 +627,12 @@ impl<S: DesiredSource> Supervisor<S> {
     }
 
     fn reconcile_service(&mut self, name: &str, tasks: &BTreeMap<String, TaskObs>) {
-        let spec = if let Some(spec) = self.desired.services.get(name) {
-            let rec = self
-                .store
-                .state
-                .services
-                .entry(name.to_string())
-                .or_default();
-            if rec.last_good.as_ref() != Some(spec) {
+        let spec = if let Some(spec) = self.desired.services.get(name).cloned() {
+            let rec = self.service_record(name);
+            if rec.last_good.as_ref() != Some(&spec) {
                 rec.last_good = Some(spec.clone());
             }
-            Some(spec.clone())
+            Some(spec)
         } else if self.desired.broken.contains(name) {
             let last = self
                 .store
@@ -792,12 +791,7 @@ impl<S: DesiredSource> Supervisor<S> {
             && views.iter().all(|v| v.current && !v.stopping)
             && views.iter().filter(|v| v.healthy).count() >= spec.wanted_tasks() as usize;
         if settled {
-            let rec = self
-                .store
-                .state
-                .services
-                .entry(name.to_string())
-                .or_default();
+            let rec = self.service_record(name);
             if rec.stable.as_ref() != Some(&spec) {
                 rec.stable = Some(spec.clone());
                 if rec.failed_digest.as_deref() == Some(digest.as_str()) {
@@ -824,12 +818,7 @@ impl<S: DesiredSource> Supervisor<S> {
     /// then the last stable one (ECS's circuit breaker with rollback).
     fn effective_spec(&mut self, name: &str, spec: ServiceSpec) -> ServiceSpec {
         let digest = spec.task_definition.digest();
-        let rec = self
-            .store
-            .state
-            .services
-            .entry(name.to_string())
-            .or_default();
+        let rec = self.service_record(name);
         if rec.rollout_digest.as_deref() != Some(digest.as_str()) {
             rec.rollout_digest = Some(digest.clone());
             rec.rollout_failures = 0;

@@ -427,16 +427,21 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    let status = buf
+    Ok(split_response(&buf))
+}
+
+/// A raw HTTP response's status code and body.
+fn split_response(raw: &str) -> (u16, String) {
+    let status = raw
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf
+    let body = raw
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    Ok((status, body))
+    (status, body)
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with
@@ -590,15 +595,5 @@ pub fn raw_post(port: u16, path: &str) -> (u16, String) {
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    let r = raw(port, req.as_bytes(), Duration::from_secs(5)).unwrap_or_default();
-    let status = r
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = r
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    split_response(&raw(port, req.as_bytes(), Duration::from_secs(5)).unwrap_or_default())
 }
