@@ -13,10 +13,16 @@ cd "$(dirname "$0")/.."
 . scripts/docker-env.sh
 
 ensure_docker
-if ! command -v systemd-socket-activate >/dev/null 2>&1; then
-  log "installing systemd (for systemd-socket-activate and systemd-analyze)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+missing=""
+command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
+command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
+command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
+if [ -n "$missing" ]; then
+  log "installing$missing (socket activation, registry pull tests)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
+# The Debian package starts a system registry on :5000; the tests run their own.
+systemctl stop docker-registry >/dev/null 2>&1 || true
 log "Docker engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST"
 
 log "building the test image"

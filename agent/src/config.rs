@@ -80,6 +80,10 @@ pub struct Config {
     pub port_bind_address: IpAddr,
     pub log_format: LogFormat,
     pub proxy: dockhand_proxy::Settings,
+    /// Docker's client config directory (`DOCKER_CONFIG`, else
+    /// `$HOME/.docker`): where registry credentials are read, as `docker
+    /// pull` reads them. Docker's own variable, not an ecs.config key.
+    pub docker_config_dir: PathBuf,
 }
 
 /// Where one setting's value came from.
@@ -470,6 +474,7 @@ impl Config {
             port_bind_address: IpAddr::from([127, 0, 0, 1]),
             log_format: LogFormat::Text,
             proxy: dockhand_proxy::Settings::default(),
+            docker_config_dir: PathBuf::from("/root/.docker"),
         };
         for key in KEYS {
             // The defaults are constants of this file, checked by a unit test.
@@ -552,6 +557,7 @@ impl Config {
         }
 
         let mut config = Config::defaults();
+        config.docker_config_dir = crate::registry::docker_config_dir(env);
         let mut effective = Vec::with_capacity(KEYS.len());
         for (key, (value, source)) in &chosen {
             if KEYS.iter().any(|k| k.name == key) {

@@ -526,13 +526,18 @@ pub async fn image_present(docker: &Docker, image: &str) -> Result<bool, DockerE
 }
 
 /// Pulls `image`, logging progress, until done or `timeout`.
-pub async fn pull(docker: &Docker, image: &str, timeout: Duration) -> Result<(), String> {
+pub async fn pull(
+    docker: &Docker,
+    image: &str,
+    timeout: Duration,
+    credentials: Option<bollard::auth::DockerCredentials>,
+) -> Result<(), String> {
     let (repo, tag) = split_image(image);
     let options = CreateImageOptionsBuilder::default()
         .from_image(repo)
         .tag(tag)
         .build();
-    let mut stream = docker.create_image(Some(options), None, None);
+    let mut stream = docker.create_image(Some(options), None, credentials);
     let run = async {
         while let Some(item) = stream.next().await {
             match item {
@@ -540,12 +545,18 @@ pub async fn pull(docker: &Docker, image: &str, timeout: Duration) -> Result<(),
                     if let Some(e) = info.error_detail.and_then(|d| d.message) {
                         return Err(e);
                     }
-                    if let Some(status) = info.status {
-                        tracing::debug!(
-                            image,
-                            layer = info.id.as_deref().unwrap_or(""),
-                            "pull: {status}"
-                        );
+                    let layer = info.id.as_deref().unwrap_or("");
+                    match info.status.as_deref() {
+                        // One line per layer and per image: progress an
+                        // operator can follow without a line per chunk.
+                        Some(s @ ("Pull complete" | "Already exists")) => {
+                            tracing::info!(image, layer, "pull: {s}")
+                        }
+                        Some(s) if s.starts_with("Status:") || s.starts_with("Digest:") => {
+                            tracing::info!(image, "pull: {s}")
+                        }
+                        Some(s) => tracing::debug!(image, layer, "pull: {s}"),
+                        None => {}
                     }
                 }
                 Err(e) => return Err(e.to_string()),
@@ -554,11 +565,30 @@ pub async fn pull(docker: &Docker, image: &str, timeout: Duration) -> Result<(),
         Ok(())
     };
     match tokio::time::timeout(timeout, run).await {
-        Ok(r) => r.map_err(|e| format!("pull {image}: {e}")),
+        Ok(r) => r.map_err(|e| pull_error(image, &e)),
         Err(_) => Err(format!(
             "pull {image}: timed out after {}s",
             timeout.as_secs()
         )),
+    }
+}
+
+/// A pull failure as an operator should read it: an authentication failure
+/// says "unauthorized" (Docker words it several ways), and the image is named.
+fn pull_error(image: &str, docker_message: &str) -> String {
+    let m = docker_message.to_ascii_lowercase();
+    let unauthorized = [
+        "unauthorized",
+        "no basic auth credentials",
+        "authentication required",
+        "denied",
+    ]
+    .iter()
+    .any(|w| m.contains(w));
+    if unauthorized {
+        format!("pull {image}: unauthorized (check the registry credentials in Docker's config.json): {docker_message}")
+    } else {
+        format!("pull {image}: {docker_message}")
     }
 }
 
@@ -591,6 +621,22 @@ mod tests {
             ("127.0.0.1:5000/app", "1")
         );
         assert_eq!(split_image("app@sha256:abc"), ("app@sha256:abc", ""));
+    }
+
+    #[test]
+    fn auth_failures_say_unauthorized_and_name_the_image() {
+        let e = pull_error(
+            "127.0.0.1:5000/app:1",
+            "Head \"http://127.0.0.1:5000/v2/app/manifests/1\": no basic auth credentials",
+        );
+        assert!(
+            e.starts_with("pull 127.0.0.1:5000/app:1: unauthorized"),
+            "{e}"
+        );
+        assert_eq!(
+            pull_error("x:1", "manifest unknown"),
+            "pull x:1: manifest unknown"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod desired;
 pub mod docker;
 pub mod notify;
 pub mod ports;
+pub mod registry;
 pub mod rollout;
 pub mod status;
 pub mod store;

@@ -1095,9 +1095,10 @@ impl<S: DesiredSource> Supervisor<S> {
         self.granted.insert(task_id.clone(), granted);
         let docker = self.docker.clone();
         let pull = self.cfg.image_pull_behavior;
+        let config_dir = self.cfg.docker_config_dir.clone();
         let start_timeout = self.cfg.container_start_timeout;
         self.ops.spawn(async move {
-            let result = launch_task(&docker, prepared, pull, start_timeout).await;
+            let result = launch_task(&docker, prepared, pull, start_timeout, &config_dir).await;
             OpDone {
                 task: task_id,
                 kind: OpKind::Launch,
@@ -1253,10 +1254,11 @@ async fn launch_task(
     prepared: Vec<Prepared>,
     pull: PullBehavior,
     start_timeout: Duration,
+    docker_config: &std::path::Path,
 ) -> Result<(), String> {
     let mut ids: HashMap<String, String> = HashMap::new();
     for p in &prepared {
-        ensure_image(docker, &p.image, pull, start_timeout).await?;
+        ensure_image(docker, &p.image, pull, start_timeout, docker_config).await?;
         let id = match docker::create(docker, &p.docker_name, p.body.clone()).await {
             Ok(id) => id,
             Err(e) if e.status() == Some(409) => p.docker_name.clone(),
@@ -1284,6 +1286,7 @@ async fn ensure_image(
     image: &str,
     pull: PullBehavior,
     timeout: Duration,
+    docker_config: &std::path::Path,
 ) -> Result<(), String> {
     let present = docker::image_present(docker, image)
         .await
@@ -1296,7 +1299,13 @@ async fn ensure_image(
         return Ok(());
     }
     let started = Instant::now();
-    match docker::pull(docker, image, timeout).await {
+    let credentials = crate::registry::credentials_for(image, docker_config);
+    tracing::info!(
+        image,
+        with_credentials = credentials.is_some(),
+        "pulling image"
+    );
+    match docker::pull(docker, image, timeout, credentials).await {
         Ok(()) => {
             tracing::info!(
                 image,
