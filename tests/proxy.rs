@@ -137,6 +137,17 @@ async fn a_rolling_update_of_4_tasks_under_load_fails_no_request() {
         "ends on the new revision: {:?}",
         stats.last
     );
+    let (_, metrics) = http_get(agent.api, "/metrics").unwrap();
+    let routed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dockhand_proxy_requests_total{service=\"hello\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        routed >= stats.ok,
+        "proxied requests counted: {routed} < {}",
+        stats.ok
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

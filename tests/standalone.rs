@@ -76,6 +76,27 @@ async fn three_tasks_run_on_distinct_dynamic_ports_and_answer() {
     let meta = agent.api_get("/v1/metadata").expect("/v1/metadata");
     assert_eq!(meta["Cluster"], "test");
     assert_eq!(http_get(agent.api, "/nope").unwrap().0, 404);
+    // Read endpoints refuse anything but GET.
+    assert_eq!(support::raw_post(agent.api, "/v1/tasks").0, 405);
+    // Prometheus text.
+    let metrics = wait_for(T, "metrics with 3 running tasks", || async {
+        let (code, body) = http_get(agent.api, "/metrics").ok()?;
+        (code == 200 && body.contains("dockhand_service_running_tasks{service=\"hello\"} 3\n"))
+            .then_some(body)
+    })
+    .await;
+    assert!(
+        metrics.contains("dockhand_tasks{service=\"hello\",state=\"RUNNING\"} 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE dockhand_reconciles_total counter\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dockhand_image_pulls_total{result=\"failure\"} 0\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

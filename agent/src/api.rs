@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 pub async fn serve(
     listener: TcpListener,
     status: Arc<RwLock<Snapshot>>,
+    proxy: dockhand_proxy::Proxy,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -32,10 +33,12 @@ pub async fn serve(
             },
         };
         let status = Arc::clone(&status);
+        let proxy = proxy.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let status = Arc::clone(&status);
-                async move { Ok::<_, std::convert::Infallible>(handle(&req, &status)) }
+                let proxy = proxy.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&req, &status, &proxy)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -46,7 +49,11 @@ pub async fn serve(
     }
 }
 
-fn handle(req: &Request<Incoming>, status: &RwLock<Snapshot>) -> Response<Full<Bytes>> {
+fn handle(
+    req: &Request<Incoming>,
+    status: &RwLock<Snapshot>,
+    proxy: &dockhand_proxy::Proxy,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is allowed here\n");
         r.headers_mut().insert(
@@ -59,6 +66,17 @@ fn handle(req: &Request<Incoming>, status: &RwLock<Snapshot>) -> Response<Full<B
         Ok(s) => s.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
+    if req.uri().path() == "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(
+            &snapshot,
+            |svc| proxy.requests(svc),
+        ))));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return r;
+    }
     let body = match req.uri().path() {
         "/v1/metadata" => snapshot.metadata_json(),
         "/v1/tasks" => snapshot.tasks_json(),
@@ -66,7 +84,7 @@ fn handle(req: &Request<Incoming>, status: &RwLock<Snapshot>) -> Response<Full<B
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; try /v1/metadata, /v1/tasks, /v1/services\n",
+                "no such endpoint; try /v1/metadata, /v1/tasks, /v1/services, /metrics\n",
             )
         }
     };

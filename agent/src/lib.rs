@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod desired;
 pub mod docker;
+pub mod metrics;
 pub mod notify;
 pub mod ports;
 pub mod registry;
@@ -105,14 +106,15 @@ pub async fn run(
         instance_id: instance,
         ..Default::default()
     }));
-    let api = tokio::spawn(api::serve(
-        listener,
-        Arc::clone(&status),
-        stopped(stop_rx.clone()),
-    ));
 
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
     let proxy = dockhand_proxy::Proxy::new(cfg.proxy.clone(), health_tx);
+    let api = tokio::spawn(api::serve(
+        listener,
+        Arc::clone(&status),
+        proxy.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let proxy_task = {
         let proxy = proxy.clone();

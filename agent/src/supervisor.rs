@@ -278,6 +278,7 @@ impl<S: DesiredSource> Supervisor<S> {
                 self.record_failure(&service, None, &done.task, &why);
             }
             OpKind::Stop => {
+                crate::metrics::docker_error();
                 tracing::warn!(task = %done.task, cause = %why, "stopping task failed; will retry");
             }
         }
@@ -421,6 +422,7 @@ impl<S: DesiredSource> Supervisor<S> {
         {
             Ok(o) => o,
             Err(e) => {
+                crate::metrics::docker_error();
                 tracing::warn!(cause = %e, "cannot observe containers; retrying");
                 self.wake_in(Duration::from_secs(1));
                 return;
@@ -458,6 +460,7 @@ impl<S: DesiredSource> Supervisor<S> {
         self.save();
         self.publish(&tasks);
         self.check_ready();
+        crate::metrics::reconciled(started.elapsed());
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             tasks = tasks.len(),
@@ -1305,7 +1308,9 @@ async fn ensure_image(
         with_credentials = credentials.is_some(),
         "pulling image"
     );
-    match docker::pull(docker, image, timeout, credentials).await {
+    let pulled = docker::pull(docker, image, timeout, credentials).await;
+    crate::metrics::pulled(pulled.is_ok(), started.elapsed());
+    match pulled {
         Ok(()) => {
             tracing::info!(
                 image,

@@ -179,6 +179,9 @@ pub(crate) async fn handle(
         }
     };
 
+    route
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let original_host = req.headers().get(HOST).cloned();

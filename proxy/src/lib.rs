@@ -337,6 +337,16 @@ impl Proxy {
         }
     }
 
+    /// Requests routed to `service` so far, over all its routes.
+    pub fn requests(&self, service: &str) -> u64 {
+        let routes = backend::lock(&self.inner.routes);
+        routes
+            .iter()
+            .filter(|(k, _)| k.0 == service)
+            .map(|(_, r)| r.requests.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
     /// Tasks that have backends on `service`'s routes.
     pub fn tasks_of(&self, service: &str) -> Vec<String> {
         let routes = backend::lock(&self.inner.routes);

@@ -55,6 +55,8 @@ pub struct Route {
     pub(crate) spec: RwLock<RouteSpec>,
     pub(crate) backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
+    /// Requests routed here (for metrics).
+    pub(crate) requests: std::sync::atomic::AtomicU64,
 }
 
 impl Route {
@@ -65,6 +67,7 @@ impl Route {
             spec: RwLock::new(spec),
             backends: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
+            requests: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

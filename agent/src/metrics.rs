@@ -1,0 +1,133 @@
+//! Process-wide counters for `/metrics`, and the Prometheus text rendering.
+//!
+//! Counters are plain atomics bumped where things happen (a reconcile, a
+//! pull, a Docker error); gauges (tasks by state, per-service counts,
+//! proxied requests) come from the supervisor's latest snapshot. The text
+//! format is simple enough that a client library would cost more than it
+//! gives.
+
+use crate::status::Snapshot;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub struct Counters {
+    pub reconciles: AtomicU64,
+    pub reconcile_micros: AtomicU64,
+    pub pulls_ok: AtomicU64,
+    pub pulls_failed: AtomicU64,
+    pub pull_micros: AtomicU64,
+    pub docker_errors: AtomicU64,
+}
+
+pub static COUNTERS: Counters = Counters {
+    reconciles: AtomicU64::new(0),
+    reconcile_micros: AtomicU64::new(0),
+    pulls_ok: AtomicU64::new(0),
+    pulls_failed: AtomicU64::new(0),
+    pull_micros: AtomicU64::new(0),
+    docker_errors: AtomicU64::new(0),
+};
+
+pub fn reconciled(took: Duration) {
+    COUNTERS.reconciles.fetch_add(1, Ordering::Relaxed);
+    COUNTERS
+        .reconcile_micros
+        .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+}
+
+pub fn pulled(ok: bool, took: Duration) {
+    let c = if ok {
+        &COUNTERS.pulls_ok
+    } else {
+        &COUNTERS.pulls_failed
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+    COUNTERS
+        .pull_micros
+        .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+}
+
+pub fn docker_error() {
+    COUNTERS.docker_errors.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Escapes a label value for the text format.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition (version 0.0.4). `proxied` reads the
+/// proxy's live request count of a service.
+pub fn render(s: &Snapshot, proxied: impl Fn(&str) -> u64) -> String {
+    let mut o = String::new();
+    let c = &COUNTERS;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let secs = |micros: u64| micros as f64 / 1e6;
+    let _ = writeln!(o, "# HELP dockhand_reconciles_total Reconcile passes run.\n# TYPE dockhand_reconciles_total counter\ndockhand_reconciles_total {}", get(&c.reconciles));
+    let _ = writeln!(o, "# HELP dockhand_reconcile_duration_seconds Time spent reconciling.\n# TYPE dockhand_reconcile_duration_seconds summary\ndockhand_reconcile_duration_seconds_sum {}\ndockhand_reconcile_duration_seconds_count {}", secs(get(&c.reconcile_micros)), get(&c.reconciles));
+    let _ = writeln!(o, "# HELP dockhand_image_pulls_total Image pulls by result.\n# TYPE dockhand_image_pulls_total counter\ndockhand_image_pulls_total{{result=\"success\"}} {}\ndockhand_image_pulls_total{{result=\"failure\"}} {}", get(&c.pulls_ok), get(&c.pulls_failed));
+    let _ = writeln!(o, "# HELP dockhand_image_pull_duration_seconds Time spent pulling images.\n# TYPE dockhand_image_pull_duration_seconds summary\ndockhand_image_pull_duration_seconds_sum {}\ndockhand_image_pull_duration_seconds_count {}", secs(get(&c.pull_micros)), get(&c.pulls_ok) + get(&c.pulls_failed));
+    let _ = writeln!(o, "# HELP dockhand_docker_errors_total Docker API calls that failed.\n# TYPE dockhand_docker_errors_total counter\ndockhand_docker_errors_total {}", get(&c.docker_errors));
+
+    let mut by_state: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
+    for t in &s.tasks {
+        *by_state.entry((t.service.as_str(), t.known)).or_default() += 1;
+    }
+    let _ = writeln!(
+        o,
+        "# HELP dockhand_tasks Tasks by service and known status.\n# TYPE dockhand_tasks gauge"
+    );
+    for ((service, state), n) in by_state {
+        let _ = writeln!(
+            o,
+            "dockhand_tasks{{service=\"{}\",state=\"{state}\"}} {n}",
+            esc(service)
+        );
+    }
+    let restarts: i64 = s
+        .tasks
+        .iter()
+        .flat_map(|t| &t.containers)
+        .map(|c| c.restart_count)
+        .sum();
+    let _ = writeln!(o, "# HELP dockhand_container_restarts Docker restart counts summed over this host's task containers.\n# TYPE dockhand_container_restarts gauge\ndockhand_container_restarts {restarts}");
+    for (metric, help, kind) in [
+        (
+            "dockhand_service_desired_tasks",
+            "Tasks a service wants.",
+            "gauge",
+        ),
+        ("dockhand_service_running_tasks", "Tasks running.", "gauge"),
+        (
+            "dockhand_service_healthy_tasks",
+            "Tasks passing their checks.",
+            "gauge",
+        ),
+        (
+            "dockhand_service_task_failures_total",
+            "Tasks that failed (crashed, failed to start, never passed checks).",
+            "counter",
+        ),
+        (
+            "dockhand_proxy_requests_total",
+            "Requests the proxy routed to the service.",
+            "counter",
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for svc in &s.services {
+            let v = match metric {
+                "dockhand_service_desired_tasks" => u64::from(svc.desired),
+                "dockhand_service_running_tasks" => u64::from(svc.running),
+                "dockhand_service_healthy_tasks" => u64::from(svc.healthy),
+                "dockhand_service_task_failures_total" => svc.total_failures,
+                _ => proxied(&svc.name),
+            };
+            let _ = writeln!(o, "{metric}{{service=\"{}\"}} {v}", esc(&svc.name));
+        }
+    }
+    o
+}
