@@ -88,6 +88,9 @@ pub struct ServiceRecord {
     /// Tasks of this service that failed, ever.
     #[serde(default)]
     pub total_failures: u64,
+    /// Why the last task failed.
+    #[serde(default)]
+    pub last_failure: Option<String>,
     /// The last spec whose revision reached its desired count, all healthy,
     /// with no older task left: what a failed rollout goes back to.
     #[serde(default)]

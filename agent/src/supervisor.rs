@@ -369,6 +369,7 @@ impl<S: DesiredSource> Supervisor<S> {
         }
         rec.consecutive_failures = rec.consecutive_failures.saturating_add(1);
         rec.total_failures += 1;
+        rec.last_failure = Some(reason.to_string());
         let delay = backoff(rec.consecutive_failures);
         rec.next_start_at_ms = now_ms() + delay.as_millis() as u64;
 
@@ -772,9 +773,10 @@ impl<S: DesiredSource> Supervisor<S> {
             if rec.next_start_at_ms > now {
                 let wait = Duration::from_millis(rec.next_start_at_ms - now);
                 reason = Some(format!(
-                    "restart backoff after {} consecutive failure(s): next start in {:.1}s",
+                    "restart backoff after {} consecutive failure(s): next start in {:.1}s; last failure: {}",
                     rec.consecutive_failures,
-                    wait.as_secs_f64()
+                    wait.as_secs_f64(),
+                    rec.last_failure.as_deref().unwrap_or("unknown")
                 ));
                 self.wake_in(wait);
             } else {
