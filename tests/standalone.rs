@@ -511,3 +511,70 @@ async fn a_changed_task_definition_replaces_every_task() {
         "{s}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_health_checks_reach_v1_tasks_and_gate_depends_on_healthy() {
+    let d = docker().await;
+    let mut agent = Agent::new("dockerhealth", &[]);
+    agent.start();
+    let mut svc = webapp_service("checked", 1, &[]);
+    let web = svc["taskDefinition"]["containerDefinitions"][0].clone();
+    // The app's own check: `webapp check` GETs its /health (no shell in the image).
+    svc["taskDefinition"]["containerDefinitions"][0]["healthCheck"] = json!({
+        "command": ["CMD", "/webapp", "check"], "interval": 5, "timeout": 2, "retries": 1, "startPeriod": 0
+    });
+    // A second container that may start only once the first is HEALTHY.
+    let mut side = web.clone();
+    side["name"] = json!("side");
+    side["essential"] = json!(false);
+    side["portMappings"] = json!([]);
+    side["environment"] = json!([{"name": "PORT", "value": "5001"}]);
+    side["dependsOn"] = json!([{"containerName": "web", "condition": "HEALTHY"}]);
+    svc["taskDefinition"]["containerDefinitions"]
+        .as_array_mut()
+        .unwrap()
+        .push(side);
+    agent.write_service(svc);
+
+    let health = |v: &serde_json::Value, name: &str| -> String {
+        v["Tasks"][0]["Containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["Name"] == name))
+            .map(|c| c["HealthStatus"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    wait_for(T, "web HEALTHY in /v1/tasks", || async {
+        let v = agent.api_get("/v1/tasks")?;
+        (health(&v, "web") == "HEALTHY").then_some(())
+    })
+    .await;
+    let started = wait_for(T, "side started after web became healthy", || async {
+        let all = agent.containers(&d).await;
+        let side = all.iter().find(|c| c.labels.get("dockhand.container").map(String::as_str) == Some("side"))?;
+        side.running.then(|| all.clone())
+    })
+    .await;
+    assert_eq!(started.len(), 2);
+
+    // The app turns unhealthy: Docker's check fails, and /v1/tasks says so
+    // with the check's output.
+    let web_port = started.iter().find_map(|c| c.ports.first().copied()).unwrap();
+    assert_eq!(support::raw_post(web_port, "/admin/unhealthy").0, 200);
+    let v = wait_for(T, "web UNHEALTHY in /v1/tasks", || async {
+        let v = agent.api_get("/v1/tasks")?;
+        (health(&v, "web") == "UNHEALTHY").then_some(v)
+    })
+    .await;
+    let web_status = v["Tasks"][0]["Containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["Name"] == "web")
+        .unwrap()
+        .clone();
+    assert!(
+        web_status["HealthOutput"].as_str().unwrap_or("").contains("did not answer 200"),
+        "{web_status}"
+    );
+    assert_eq!(v["Tasks"][0]["Healthy"], false);
+}
