@@ -550,7 +550,9 @@ async fn docker_health_checks_reach_v1_tasks_and_gate_depends_on_healthy() {
     .await;
     let started = wait_for(T, "side started after web became healthy", || async {
         let all = agent.containers(&d).await;
-        let side = all.iter().find(|c| c.labels.get("dockhand.container").map(String::as_str) == Some("side"))?;
+        let side = all
+            .iter()
+            .find(|c| c.labels.get("dockhand.container").map(String::as_str) == Some("side"))?;
         side.running.then(|| all.clone())
     })
     .await;
@@ -558,7 +560,10 @@ async fn docker_health_checks_reach_v1_tasks_and_gate_depends_on_healthy() {
 
     // The app turns unhealthy: Docker's check fails, and /v1/tasks says so
     // with the check's output.
-    let web_port = started.iter().find_map(|c| c.ports.first().copied()).unwrap();
+    let web_port = started
+        .iter()
+        .find_map(|c| c.ports.first().copied())
+        .unwrap();
     assert_eq!(support::raw_post(web_port, "/admin/unhealthy").0, 200);
     let v = wait_for(T, "web UNHEALTHY in /v1/tasks", || async {
         let v = agent.api_get("/v1/tasks")?;
@@ -573,8 +578,54 @@ async fn docker_health_checks_reach_v1_tasks_and_gate_depends_on_healthy() {
         .unwrap()
         .clone();
     assert!(
-        web_status["HealthOutput"].as_str().unwrap_or("").contains("did not answer 200"),
+        web_status["HealthOutput"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not answer 200"),
         "{web_status}"
     );
     assert_eq!(v["Tasks"][0]["Healthy"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_policy_restarts_in_place_except_ignored_exit_codes() {
+    let d = docker().await;
+    let mut agent = Agent::new("restartpolicy", &[]);
+    agent.start();
+    // Exits with 3 after 1.5 s; the policy restarts it in place.
+    let mut svc = webapp_service("inplace", 1, &[("EXIT_AFTER_MS", "1500"), ("EXIT_CODE", "3")]);
+    svc["taskDefinition"]["containerDefinitions"][0]["restartPolicy"] =
+        json!({"enabled": true, "ignoredExitCodes": [0], "restartAttemptPeriod": 1});
+    agent.write_service(svc);
+    let first = wait_for(T, "the container running", || async {
+        agent.running(&d).await.into_iter().next()
+    })
+    .await;
+    let v = wait_for(T, "two in-place restarts reported", || async {
+        let v = agent.api_get("/v1/tasks")?;
+        (v["Tasks"][0]["Containers"][0]["RestartCount"].as_i64()? >= 2).then_some(v)
+    })
+    .await;
+    let all = agent.containers(&d).await;
+    assert_eq!(all.len(), 1, "the same container, not a new task: {all:?}");
+    assert_eq!(all[0].id, first.id);
+    assert_eq!(v["Tasks"].as_array().map(Vec::len), Some(1));
+    let s = agent.service("inplace").unwrap();
+    assert!(s["Events"].to_string().contains("restarted in place"), "{s}");
+    assert_eq!(s["TotalFailures"], 0, "in-place restarts are not task failures");
+
+    // An ignored exit code: no restart in place; the task stops and the
+    // service replaces it.
+    let mut svc = webapp_service("ignored", 1, &[("EXIT_AFTER_MS", "1500"), ("EXIT_CODE", "0")]);
+    svc["taskDefinition"]["containerDefinitions"][0]["restartPolicy"] =
+        json!({"enabled": true, "ignoredExitCodes": [0], "restartAttemptPeriod": 1});
+    agent.write_service(svc);
+    let s = wait_for(T, "the ignored exit counted as a task stop", || async {
+        agent.service("ignored").filter(|s| s["TotalFailures"].as_u64() >= Some(1))
+    })
+    .await;
+    assert!(
+        s["Events"].to_string().contains("not restarted in place: exit code 0 is in ignoredExitCodes"),
+        "{s}"
+    );
 }

@@ -36,6 +36,8 @@ pub mod label {
     /// MiB and CPU units the task reserves (on its first container only).
     pub const TASK_MEMORY: &str = "dockhand.task-memory";
     pub const TASK_CPU: &str = "dockhand.task-cpu";
+    /// `period=SECONDS;ignore=CODE,CODE` when the restart policy is enabled.
+    pub const RESTART_POLICY: &str = "dockhand.restart-policy";
     pub const ECS_TASK_ARN: &str = "com.amazonaws.ecs.task-arn";
     pub const ECS_CONTAINER_NAME: &str = "com.amazonaws.ecs.container-name";
     pub const ECS_FAMILY: &str = "com.amazonaws.ecs.task-definition-family";
@@ -155,6 +157,40 @@ impl Observed {
     }
     pub fn is_running(&self) -> bool {
         self.state == RunState::Running
+    }
+
+    /// Whether the restart policy (from the container's label) restarts it
+    /// now: `Ok(())` if so, else why not.
+    pub fn restart_decision(&self) -> Option<Result<(), String>> {
+        let policy = self.label(label::RESTART_POLICY)?;
+        let RunState::Exited { code, finished_at } = self.state else {
+            return None;
+        };
+        let mut period = 0u64;
+        let mut ignored: Vec<i64> = Vec::new();
+        for part in policy.split(';') {
+            match part.split_once('=') {
+                Some(("period", v)) => period = v.parse().unwrap_or(0),
+                Some(("ignore", v)) => {
+                    ignored = v.split(',').filter_map(|c| c.parse().ok()).collect()
+                }
+                _ => {}
+            }
+        }
+        if ignored.contains(&code) {
+            return Some(Err(format!("exit code {code} is in ignoredExitCodes")));
+        }
+        let ran = match (self.started_at, finished_at) {
+            (Some(s), Some(f)) => f.duration_since(s).unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        if ran.as_secs() < period {
+            return Some(Err(format!(
+                "it ran {:.1}s, less than restartAttemptPeriod {period}s",
+                ran.as_secs_f64()
+            )));
+        }
+        Some(Ok(()))
     }
 }
 
@@ -306,6 +342,16 @@ impl TaskLaunch<'_> {
             .stop_timeout
             .map(|s| s.max(0) as u64)
             .unwrap_or(self.default_stop_timeout.as_secs());
+        if let Some(rp) = c.restart_policy.as_ref().filter(|rp| rp.enabled) {
+            let ignore: Vec<String> = rp.ignored_exit_codes.iter().map(i64::to_string).collect();
+            let period = rp
+                .restart_attempt_period
+                .unwrap_or(crate::taskdef::DEFAULT_RESTART_ATTEMPT_PERIOD);
+            labels.insert(
+                label::RESTART_POLICY.to_string(),
+                format!("period={period};ignore={}", ignore.join(",")),
+            );
+        }
         for (k, v) in [
             (label::INSTANCE, self.instance.to_string()),
             (label::SERVICE, self.service.to_string()),

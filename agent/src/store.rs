@@ -71,6 +71,9 @@ pub struct TaskRecord {
     pub crash_counted: bool,
     /// Unix milliseconds when the agent created the task.
     pub created_at_ms: u64,
+    /// In-place restarts by the restart policy, per container name.
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u32>,
 }
 
 /// Per-service state that must survive restarts.

@@ -501,6 +501,7 @@ impl<S: DesiredSource> Supervisor<S> {
                     remove_when_stopped: false,
                     crash_counted: dead,
                     created_at_ms: t.started_at().map(ms_of).unwrap_or_else(now_ms),
+                    restarts: BTreeMap::new(),
                 },
             );
         }
@@ -518,13 +519,18 @@ impl<S: DesiredSource> Supervisor<S> {
     /// A running task whose essential container exited is failed: counted
     /// toward crash backoff once, and its other containers stopped.
     fn fail_dead_tasks(&mut self, tasks: &BTreeMap<String, TaskObs>) {
+        self.restart_in_place(tasks);
         let mut failed = Vec::new();
         for (id, rec) in &self.store.state.tasks {
             if rec.desired != DesiredStatus::Running || self.inflight.contains_key(id) {
                 continue;
             }
             let Some(t) = tasks.get(id) else { continue };
-            if let Some(reason) = t.failure_reason() {
+            if let Some(mut reason) = t.failure_reason() {
+                if let Some(Err(why_not)) = t.failed_essential().and_then(|c| c.restart_decision())
+                {
+                    reason = format!("{reason}; not restarted in place: {why_not}");
+                }
                 let ran_for = t
                     .started_at()
                     .and_then(|s| SystemTime::now().duration_since(s).ok());
@@ -553,6 +559,70 @@ impl<S: DesiredSource> Supervisor<S> {
                     short(&id)
                 ),
             );
+        }
+    }
+
+    /// ECS `restartPolicy`: containers that exited and whose policy allows
+    /// it are started again in place (same container, same ports); the
+    /// task is not failed for them.
+    fn restart_in_place(&mut self, tasks: &BTreeMap<String, TaskObs>) {
+        let mut restarts = Vec::new();
+        for (id, rec) in &self.store.state.tasks {
+            if rec.desired != DesiredStatus::Running || self.inflight.contains_key(id) {
+                continue;
+            }
+            let Some(t) = tasks.get(id) else { continue };
+            // An essential container exiting without a restart fails the
+            // task; then nothing of it is restarted.
+            let essential_fails = t.containers.iter().any(|c| {
+                c.is_essential()
+                    && matches!(c.state, crate::docker::RunState::Exited { .. })
+                    && !matches!(c.restart_decision(), Some(Ok(())))
+            });
+            if essential_fails {
+                continue;
+            }
+            for c in &t.containers {
+                if let Some(Ok(())) = c.restart_decision() {
+                    let name = c.label(label::CONTAINER).unwrap_or(&c.name).to_string();
+                    let code = match c.state {
+                        crate::docker::RunState::Exited { code, .. } => code,
+                        _ => 0,
+                    };
+                    restarts.push((id.clone(), rec.service.clone(), c.id.clone(), name, code));
+                }
+            }
+        }
+        let mut by_task: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (task, service, container_id, name, code) in restarts {
+            let n = self.store.state.tasks.get_mut(&task).map_or(0, |r| {
+                let n = r.restarts.entry(name.clone()).or_default();
+                *n += 1;
+                *n
+            });
+            self.event(
+                &service,
+                format!("task {}: container {name} exited with code {code}; restarted in place (restart {n})", short(&task)),
+            );
+            by_task.entry(task).or_default().push(container_id);
+        }
+        for (task, ids) in by_task {
+            let docker = self.docker.clone();
+            self.inflight.insert(task.clone(), OpKind::Launch);
+            self.ops.spawn(async move {
+                let mut result = Ok(());
+                for id in ids {
+                    if let Err(e) = docker::start(&docker, &id).await {
+                        result = Err(format!("restart container in place: {e}"));
+                        break;
+                    }
+                }
+                OpDone {
+                    task,
+                    kind: OpKind::Launch,
+                    result,
+                }
+            });
         }
     }
 
@@ -1078,6 +1148,7 @@ impl<S: DesiredSource> Supervisor<S> {
                 remove_when_stopped: false,
                 crash_counted: false,
                 created_at_ms: now_ms(),
+                restarts: BTreeMap::new(),
             },
         );
         // The record is durable before any container carries the task id.
@@ -1124,6 +1195,11 @@ impl<S: DesiredSource> Supervisor<S> {
         for (id, rec) in &self.store.state.tasks {
             let obs = tasks.get(id);
             let mut t = TaskStatus::new(&self.cfg.cluster, id, rec, obs);
+            for c in &mut t.containers {
+                if let Some(n) = rec.restarts.get(&c.name) {
+                    c.restart_count += i64::from(*n);
+                }
+            }
             if let Some(h) = self.proxy.task_health(id) {
                 t.healthy = t.healthy && h;
                 t.health_reason = self.proxy.task_failure(id);

@@ -269,7 +269,25 @@ pub struct ContainerDefinition {
     pub health_check: Option<ContainerHealthCheck>,
     #[serde(default)]
     pub depends_on: Vec<Dependency>,
+    #[serde(default)]
+    pub restart_policy: Option<RestartPolicy>,
 }
+
+/// ECS's container restart policy: restart the container in place when it
+/// exits, unless its exit code is ignored or it ran less than
+/// `restartAttemptPeriod` seconds since it last started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestartPolicy {
+    pub enabled: bool,
+    #[serde(default)]
+    pub ignored_exit_codes: Vec<i64>,
+    #[serde(default)]
+    pub restart_attempt_period: Option<i64>,
+}
+
+/// ECS's default `restartAttemptPeriod`, seconds.
+pub const DEFAULT_RESTART_ATTEMPT_PERIOD: i64 = 300;
 
 impl ContainerDefinition {
     /// ECS: a container is essential unless it says otherwise.
@@ -455,7 +473,6 @@ const UNSUPPORTED_CONTAINER: &[&str] = &[
     "startTimeout",
     "firelensConfiguration",
     "resourceRequirements",
-    "restartPolicy",
     "links",
     "gpu",
 ];
@@ -846,6 +863,22 @@ impl ServiceSpec {
                             err(format!("{hp}.{field}"), format!("must be {lo}-{hi}"));
                         }
                     }
+                }
+            }
+            if let Some(rp) = &c.restart_policy {
+                let rpp = format!("{path}.restartPolicy");
+                if let Some(p) = rp.restart_attempt_period {
+                    // ECS requires 60-1800; shorter periods are allowed here
+                    // (tests, fast-crashing sidecars).
+                    if !(0..=1800).contains(&p) {
+                        err(
+                            format!("{rpp}.restartAttemptPeriod"),
+                            "must be 0-1800 seconds".into(),
+                        );
+                    }
+                }
+                if rp.ignored_exit_codes.len() > 50 {
+                    err(format!("{rpp}.ignoredExitCodes"), "at most 50 codes".into());
                 }
             }
             for (j, d) in c.depends_on.iter().enumerate() {
