@@ -629,3 +629,23 @@ async fn restart_policy_restarts_in_place_except_ignored_exit_codes() {
         "{s}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_task_containers_are_removed_after_the_cleanup_wait() {
+    let d = docker().await;
+    let mut agent = Agent::new("cleanup", &["ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION=3s"]);
+    agent.start();
+    agent.write_service(webapp_service("shortlived", 1, &[("EXIT_AFTER_MS", "500"), ("EXIT_CODE", "2")]));
+    let dead = wait_for(T, "a failed task's container", || async {
+        agent.containers(&d).await.into_iter().find(|c| c.exit_code == Some(2) && !c.running)
+    })
+    .await;
+    // Kept for inspection first...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(agent.containers(&d).await.iter().any(|c| c.id == dead.id), "kept during the wait");
+    // ...then removed.
+    wait_for(T, "the failed container removed", || async {
+        (!agent.containers(&d).await.iter().any(|c| c.id == dead.id)).then_some(())
+    })
+    .await;
+}
