@@ -1,0 +1,174 @@
+//! The agent survives the Docker engine restarting under it: it reconnects
+//! (the event stream re-opens with backoff) and replaces the tasks whose
+//! containers died with the engine.
+//!
+//! This test runs its own dockerd (its own data-root, exec-root, socket, no
+//! bridge network) so restarting it disturbs no other test.
+
+mod support;
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{http_get, image, wait_for, Agent};
+
+struct Engine {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Engine {
+    fn socket(&self) -> String {
+        format!("unix://{}", self.dir.join("docker.sock").display())
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("dockerd.log"))
+            .unwrap();
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join("docker.pid"))
+            .args(["--host", &self.socket(), "--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.answers() {
+            assert!(Instant::now() < deadline, "private dockerd did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        Command::new("docker")
+            .args(["-H", &self.socket(), "version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+        // Unmount what the engine left under its roots, then remove them.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+            let mut under: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(self.dir.to_str().unwrap_or("/nonexistent")))
+                .collect();
+            under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in under {
+                let _ = Command::new("umount").args(["-l", m]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_recovers_when_the_docker_engine_restarts() {
+    let dir = PathBuf::from(format!("/tmp/dh-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut engine = Engine { dir, child: None };
+    engine.start();
+    // Copy the test image into the private engine.
+    let load = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker save {} | docker -H {} load", image(), engine.socket()))
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+
+    let docker = bollard::Docker::connect_with_host(&engine.socket())
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap();
+    let running = |docker: bollard::Docker| async move {
+        let filters: HashMap<&str, Vec<String>> =
+            HashMap::from([("label", vec!["dockhand.service=survivor".to_string()])]);
+        docker
+            .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect::<Vec<_>>()
+    };
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut agent = Agent::new("engine", &[&format!("DOCKER_HOST={}", engine.socket())]);
+    agent.start();
+    agent.write_service(json!({
+        "serviceName": "survivor", "desiredCount": 1,
+        "taskDefinition": {"family": "survivor", "networkMode": "host", "containerDefinitions": [{
+            "name": "web", "image": image(), "memory": 32, "stopTimeout": 2,
+            "portMappings": [{"containerPort": port}],
+            "environment": [{"name": "PORT", "value": port.to_string()}]}]}
+    }));
+    let before = wait_for(Duration::from_secs(30), "the task answering", || async {
+        let ids = running(docker.clone()).await;
+        (ids.len() == 1 && matches!(http_get(port, "/"), Ok((200, _)))).then_some(ids)
+    })
+    .await;
+
+    // The engine goes away (its containers stop with it) and comes back.
+    engine.stop();
+    assert!(http_get(port, "/").is_err(), "the task died with the engine");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    engine.start();
+    let restarted = Instant::now();
+    let after = wait_for(Duration::from_secs(60), "a replacement task answering", || async {
+        let ids = running(docker.clone()).await;
+        (ids.len() == 1 && ids != before && matches!(http_get(port, "/"), Ok((200, _)))).then_some(ids)
+    })
+    .await;
+    eprintln!(
+        "figure: engine back -> replacement task answering: {} ms",
+        restarted.elapsed().as_millis()
+    );
+    assert_ne!(after, before);
+    let s = agent.service("survivor").unwrap();
+    assert_eq!(s["RunningCount"], 1);
+    let log = agent.log();
+    assert!(log.contains("Docker event stream") || log.contains("cannot observe containers"), "{log}");
+    // The agent process itself never exited.
+    assert!(agent.api_get("/v1/metadata").is_some());
+    // Its containers are the engine's to remove along with the data root.
+    let _ = Command::new("docker")
+        .args(["-H", &engine.socket(), "rm", "-f"])
+        .args(&after)
+        .stdout(Stdio::null())
+        .status();
+}
