@@ -2,8 +2,10 @@
 //! (the event stream re-opens with backoff) and replaces the tasks whose
 //! containers died with the engine.
 //!
-//! This test runs its own dockerd (its own data-root, exec-root, socket, no
-//! bridge network) so restarting it disturbs no other test.
+//! This test runs its own dockerd (its own data-root, exec-root, socket and
+//! bridge interface) so restarting it disturbs no other test. Not
+//! `--bridge=none`: a dockerd started that way deletes the host's docker0,
+//! breaking the engine the other tests use.
 
 mod support;
 
@@ -17,6 +19,7 @@ use support::{http_get, image, wait_for, Agent};
 
 struct Engine {
     dir: PathBuf,
+    bridge: String,
     child: Option<Child>,
 }
 
@@ -38,7 +41,14 @@ impl Engine {
             .arg(self.dir.join("exec"))
             .arg("--pidfile")
             .arg(self.dir.join("docker.pid"))
-            .args(["--host", &self.socket(), "--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .args([
+                "--host",
+                &self.socket(),
+                "--bridge",
+                &self.bridge,
+                "--iptables=false",
+                "--ip-masq=false",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -46,7 +56,11 @@ impl Engine {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.answers() {
-            assert!(Instant::now() < deadline, "private dockerd did not start: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "private dockerd did not start: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -62,7 +76,9 @@ impl Engine {
 
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
@@ -93,6 +109,9 @@ impl Drop for Engine {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }
 
@@ -100,15 +119,37 @@ impl Drop for Engine {
 async fn the_agent_recovers_when_the_docker_engine_restarts() {
     let dir = PathBuf::from(format!("/tmp/dh-engine-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut engine = Engine { dir, child: None };
+    // A bridge of its own, which the private engine configures.
+    let bridge = format!("dhtest{}", std::process::id() % 100_000);
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ip link add {bridge} type bridge && ip link set {bridge} up"
+        ))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(made, "create bridge {bridge} (iproute2, root)");
+    let mut engine = Engine {
+        dir,
+        bridge,
+        child: None,
+    };
     engine.start();
     // Copy the test image into the private engine.
     let load = Command::new("sh")
         .arg("-c")
-        .arg(format!("docker save {} | docker -H {} load", image(), engine.socket()))
+        .arg(format!(
+            "docker save {} | docker -H {} load",
+            image(),
+            engine.socket()
+        ))
         .output()
         .unwrap();
-    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
 
     let docker = bollard::Docker::connect_with_host(&engine.socket())
         .unwrap()
@@ -119,7 +160,11 @@ async fn the_agent_recovers_when_the_docker_engine_restarts() {
         let filters: HashMap<&str, Vec<String>> =
             HashMap::from([("label", vec!["dockhand.service=survivor".to_string()])]);
         docker
-            .list_containers(Some(ListContainersOptionsBuilder::default().filters(&filters).build()))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
             .await
             .unwrap_or_default()
             .into_iter()
@@ -127,7 +172,11 @@ async fn the_agent_recovers_when_the_docker_engine_restarts() {
             .collect::<Vec<_>>()
     };
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut agent = Agent::new("engine", &[&format!("DOCKER_HOST={}", engine.socket())]);
     agent.start();
     agent.write_service(json!({
@@ -145,14 +194,22 @@ async fn the_agent_recovers_when_the_docker_engine_restarts() {
 
     // The engine goes away (its containers stop with it) and comes back.
     engine.stop();
-    assert!(http_get(port, "/").is_err(), "the task died with the engine");
+    assert!(
+        http_get(port, "/").is_err(),
+        "the task died with the engine"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     engine.start();
     let restarted = Instant::now();
-    let after = wait_for(Duration::from_secs(60), "a replacement task answering", || async {
-        let ids = running(docker.clone()).await;
-        (ids.len() == 1 && ids != before && matches!(http_get(port, "/"), Ok((200, _)))).then_some(ids)
-    })
+    let after = wait_for(
+        Duration::from_secs(60),
+        "a replacement task answering",
+        || async {
+            let ids = running(docker.clone()).await;
+            (ids.len() == 1 && ids != before && matches!(http_get(port, "/"), Ok((200, _))))
+                .then_some(ids)
+        },
+    )
     .await;
     eprintln!(
         "figure: engine back -> replacement task answering: {} ms",
@@ -162,7 +219,10 @@ async fn the_agent_recovers_when_the_docker_engine_restarts() {
     let s = agent.service("survivor").unwrap();
     assert_eq!(s["RunningCount"], 1);
     let log = agent.log();
-    assert!(log.contains("Docker event stream") || log.contains("cannot observe containers"), "{log}");
+    assert!(
+        log.contains("Docker event stream") || log.contains("cannot observe containers"),
+        "{log}"
+    );
     // The agent process itself never exited.
     assert!(agent.api_get("/v1/metadata").is_some());
     // Its containers are the engine's to remove along with the data root.

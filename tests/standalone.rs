@@ -593,7 +593,11 @@ async fn restart_policy_restarts_in_place_except_ignored_exit_codes() {
     let mut agent = Agent::new("restartpolicy", &[]);
     agent.start();
     // Exits with 3 after 1.5 s; the policy restarts it in place.
-    let mut svc = webapp_service("inplace", 1, &[("EXIT_AFTER_MS", "1500"), ("EXIT_CODE", "3")]);
+    let mut svc = webapp_service(
+        "inplace",
+        1,
+        &[("EXIT_AFTER_MS", "1500"), ("EXIT_CODE", "3")],
+    );
     svc["taskDefinition"]["containerDefinitions"][0]["restartPolicy"] =
         json!({"enabled": true, "ignoredExitCodes": [0], "restartAttemptPeriod": 1});
     agent.write_service(svc);
@@ -611,21 +615,35 @@ async fn restart_policy_restarts_in_place_except_ignored_exit_codes() {
     assert_eq!(all[0].id, first.id);
     assert_eq!(v["Tasks"].as_array().map(Vec::len), Some(1));
     let s = agent.service("inplace").unwrap();
-    assert!(s["Events"].to_string().contains("restarted in place"), "{s}");
-    assert_eq!(s["TotalFailures"], 0, "in-place restarts are not task failures");
+    assert!(
+        s["Events"].to_string().contains("restarted in place"),
+        "{s}"
+    );
+    assert_eq!(
+        s["TotalFailures"], 0,
+        "in-place restarts are not task failures"
+    );
 
     // An ignored exit code: no restart in place; the task stops and the
     // service replaces it.
-    let mut svc = webapp_service("ignored", 1, &[("EXIT_AFTER_MS", "1500"), ("EXIT_CODE", "0")]);
+    let mut svc = webapp_service(
+        "ignored",
+        1,
+        &[("EXIT_AFTER_MS", "1500"), ("EXIT_CODE", "0")],
+    );
     svc["taskDefinition"]["containerDefinitions"][0]["restartPolicy"] =
         json!({"enabled": true, "ignoredExitCodes": [0], "restartAttemptPeriod": 1});
     agent.write_service(svc);
     let s = wait_for(T, "the ignored exit counted as a task stop", || async {
-        agent.service("ignored").filter(|s| s["TotalFailures"].as_u64() >= Some(1))
+        agent
+            .service("ignored")
+            .filter(|s| s["TotalFailures"].as_u64() >= Some(1))
     })
     .await;
     assert!(
-        s["Events"].to_string().contains("not restarted in place: exit code 0 is in ignoredExitCodes"),
+        s["Events"]
+            .to_string()
+            .contains("not restarted in place: exit code 0 is in ignoredExitCodes"),
         "{s}"
     );
 }
@@ -635,17 +653,89 @@ async fn failed_task_containers_are_removed_after_the_cleanup_wait() {
     let d = docker().await;
     let mut agent = Agent::new("cleanup", &["ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION=3s"]);
     agent.start();
-    agent.write_service(webapp_service("shortlived", 1, &[("EXIT_AFTER_MS", "500"), ("EXIT_CODE", "2")]));
+    agent.write_service(webapp_service(
+        "shortlived",
+        1,
+        &[("EXIT_AFTER_MS", "500"), ("EXIT_CODE", "2")],
+    ));
     let dead = wait_for(T, "a failed task's container", || async {
-        agent.containers(&d).await.into_iter().find(|c| c.exit_code == Some(2) && !c.running)
+        agent
+            .containers(&d)
+            .await
+            .into_iter()
+            .find(|c| c.exit_code == Some(2) && !c.running)
     })
     .await;
     // Kept for inspection first...
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(agent.containers(&d).await.iter().any(|c| c.id == dead.id), "kept during the wait");
+    assert!(
+        agent.containers(&d).await.iter().any(|c| c.id == dead.id),
+        "kept during the wait"
+    );
     // ...then removed.
     wait_for(T, "the failed container removed", || async {
         (!agent.containers(&d).await.iter().any(|c| c.id == dead.id)).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unused_images_are_cleaned_up_and_untracked_ones_kept() {
+    let d = docker().await;
+    let pid = std::process::id();
+    let old_image = format!("dockhand-test/webapp:cleanup-{pid}");
+    let untracked = format!("dockhand-test/webapp:untracked-{pid}");
+    let docker_cli = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(docker_cli(&["tag", &support::image(), &old_image]));
+    assert!(docker_cli(&["tag", &support::image(), &untracked]));
+
+    let mut agent = Agent::new(
+        "imagecleanup",
+        &[
+            "ECS_IMAGE_CLEANUP_INTERVAL=1s",
+            "ECS_IMAGE_MINIMUM_CLEANUP_AGE=1s",
+        ],
+    );
+    agent.start();
+    let mut v1 = webapp_service("imgs", 1, &[]);
+    v1["taskDefinition"]["containerDefinitions"][0]["image"] = json!(old_image);
+    agent.write_service(v1);
+    wait_for(T, "revision 1 running", || async {
+        (agent.running(&d).await.len() == 1).then_some(())
+    })
+    .await;
+    // In use: kept through a few cycles.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        docker_cli(&["image", "inspect", &old_image]),
+        "an image in use is kept"
+    );
+
+    // Revision 2 uses another image; the old one becomes unused.
+    agent.write_service(webapp_service("imgs", 1, &[]));
+    wait_for(T, "the unused image removed", || async {
+        (!docker_cli(&["image", "inspect", &old_image])).then_some(())
+    })
+    .await;
+    assert!(
+        agent.log().contains("removed unused image"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        docker_cli(&["image", "inspect", &support::image()]),
+        "the image in use stays"
+    );
+    assert!(
+        docker_cli(&["image", "inspect", &untracked]),
+        "untracked images are not touched"
+    );
+    docker_cli(&["rmi", &untracked]);
 }

@@ -39,6 +39,17 @@ pub enum PullBehavior {
     PreferCached,
 }
 
+/// Image cleanup, with the ECS agent's knobs and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageCleanup {
+    pub disabled: bool,
+    pub interval: Duration,
+    pub minimum_age: Duration,
+    pub per_cycle: usize,
+    /// Only images this agent pulled or ran are candidates.
+    pub exclude_untracked: bool,
+}
+
 /// `ECS_LOGLEVEL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -73,6 +84,7 @@ pub struct Config {
     pub container_start_timeout: Duration,
     pub image_pull_behavior: PullBehavior,
     pub task_cleanup_wait: Duration,
+    pub image_cleanup: ImageCleanup,
     pub instance_attributes: BTreeMap<String, String>,
     pub services_dir: PathBuf,
     pub proxy_listen: Vec<SocketAddr>,
@@ -312,6 +324,51 @@ pub const KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        name: "ECS_DISABLE_IMAGE_CLEANUP",
+        default: "false",
+        meaning: "true: never remove unused images",
+        apply: |c, v| {
+            c.image_cleanup.disabled = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_IMAGE_CLEANUP_INTERVAL",
+        default: "30m",
+        meaning: "how often unused images are looked for",
+        apply: |c, v| {
+            c.image_cleanup.interval = positive_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_IMAGE_MINIMUM_CLEANUP_AGE",
+        default: "1h",
+        meaning: "an image unused for less than this is kept",
+        apply: |c, v| {
+            c.image_cleanup.minimum_age = parse_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_NUM_IMAGES_DELETE_PER_CYCLE",
+        default: "5",
+        meaning: "images removed per cleanup cycle, at most (oldest first)",
+        apply: |c, v| {
+            c.image_cleanup.per_cycle = bounded(v, 1, 1000)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "ECS_EXCLUDE_UNTRACKED_IMAGE",
+        default: "true",
+        meaning: "true: only images Dockhand pulled or ran are removed; false: any unused image",
+        apply: |c, v| {
+            c.image_cleanup.exclude_untracked = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
         name: "ECS_INSTANCE_ATTRIBUTES",
         default: "{}",
         meaning: "JSON map of string attributes, reported at registration",
@@ -467,6 +524,13 @@ impl Config {
             container_start_timeout: Duration::ZERO,
             image_pull_behavior: PullBehavior::Default,
             task_cleanup_wait: Duration::ZERO,
+            image_cleanup: ImageCleanup {
+                disabled: false,
+                interval: Duration::ZERO,
+                minimum_age: Duration::ZERO,
+                per_cycle: 0,
+                exclude_untracked: true,
+            },
             instance_attributes: BTreeMap::new(),
             services_dir: PathBuf::new(),
             proxy_listen: Vec::new(),
@@ -659,6 +723,14 @@ fn non_empty(v: &str) -> Result<String, String> {
         Err("must not be empty".into())
     } else {
         Ok(v.to_string())
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected true or false, got {v:?}")),
     }
 }
 

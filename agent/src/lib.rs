@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod desired;
 pub mod docker;
+pub mod images;
 pub mod metrics;
 pub mod notify;
 pub mod ports;

@@ -121,6 +121,10 @@ pub struct State {
     pub tasks: BTreeMap<String, TaskRecord>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceRecord>,
+    /// Images this agent pulled or ran → when last used (unix ms): the
+    /// candidates for image cleanup.
+    #[serde(default)]
+    pub images: BTreeMap<String, u64>,
 }
 
 impl State {
@@ -166,6 +170,7 @@ impl Store {
                 revisions: BTreeMap::new(),
                 tasks: BTreeMap::new(),
                 services: BTreeMap::new(),
+                images: BTreeMap::new(),
             },
             Err(source) => return Err(StoreError::Read { path, source }),
         };
@@ -279,6 +284,7 @@ mod tests {
             revisions: BTreeMap::new(),
             tasks: BTreeMap::new(),
             services: BTreeMap::new(),
+            images: BTreeMap::new(),
         };
         assert_eq!(s.revision_of("web", "a"), 1);
         assert_eq!(s.revision_of("web", "b"), 2);

@@ -193,6 +193,12 @@ impl<S: DesiredSource> Supervisor<S> {
         let mut poll = tokio::time::interval(SOURCE_POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut safety_net = Instant::now() + SAFETY_NET_INTERVAL;
+        let mut image_cleanup = (!self.cfg.image_cleanup.disabled).then(|| {
+            let every = self.cfg.image_cleanup.interval;
+            let mut i = tokio::time::interval_at(Instant::now() + every, every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         // The watchdog is kicked from this loop, so a wedged loop (not just
         // a dead process) gets the agent restarted.
         let mut watchdog = crate::notify::watchdog_interval().map(|every| {
@@ -237,6 +243,9 @@ impl<S: DesiredSource> Supervisor<S> {
                     dirty = true;
                 }
                 _ = poll.tick() => {}
+                _ = async { image_cleanup.as_mut()?.tick().await; Some(()) }, if image_cleanup.is_some() => {
+                    self.clean_images().await;
+                }
                 _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
                     crate::notify::watchdog();
                 }
@@ -316,6 +325,67 @@ impl<S: DesiredSource> Supervisor<S> {
             }
         } else {
             self.wake_in(Duration::from_millis(50));
+        }
+    }
+
+    /// Marks images as in use now. A timestamp less than a minute old is
+    /// left alone, so the state file is not rewritten on every pass.
+    fn track_images<'a>(&mut self, images: impl Iterator<Item = &'a str>) {
+        let now = now_ms();
+        for image in images {
+            let used = self
+                .store
+                .state
+                .images
+                .entry(image.to_string())
+                .or_insert(0);
+            if now.saturating_sub(*used) > 60_000 {
+                *used = now;
+            }
+        }
+    }
+
+    /// Every image some known spec of a service (current, last good,
+    /// stable) or a container of this agent uses.
+    fn referenced_images(&self) -> BTreeSet<String> {
+        let specs = self.desired.services.values().chain(
+            self.store
+                .state
+                .services
+                .values()
+                .flat_map(|r| r.last_good.iter().chain(r.stable.iter())),
+        );
+        specs
+            .flat_map(|s| {
+                s.task_definition
+                    .container_definitions
+                    .iter()
+                    .map(|c| c.image.clone())
+            })
+            .collect()
+    }
+
+    async fn clean_images(&mut self) {
+        let referenced = self.referenced_images();
+        let mut tracked = std::mem::take(&mut self.store.state.images);
+        // Images of this agent's containers count as in use: refresh them.
+        if let Ok(observed) = docker::observe(&self.docker, &self.store.state.instance_id).await {
+            let now = now_ms();
+            for c in observed {
+                tracked.insert(c.image, now);
+            }
+        }
+        let removed = crate::images::cycle(
+            &self.docker,
+            &self.cfg.image_cleanup,
+            &mut tracked,
+            &referenced,
+            now_ms(),
+        )
+        .await;
+        self.store.state.images = tracked;
+        if !removed.is_empty() {
+            self.save();
         }
     }
 
@@ -429,6 +499,7 @@ impl<S: DesiredSource> Supervisor<S> {
                 return;
             }
         };
+        self.track_images(observed.iter().map(|c| c.image.as_str()));
         let tasks = task::group(observed);
         self.adopt_and_forget(&tasks);
         self.fail_dead_tasks(&tasks);
@@ -1166,6 +1237,12 @@ impl<S: DesiredSource> Supervisor<S> {
                 }
             ),
         );
+        let images: Vec<String> = def
+            .container_definitions
+            .iter()
+            .map(|c| c.image.clone())
+            .collect();
+        self.track_images(images.iter().map(String::as_str));
         self.inflight.insert(task_id.clone(), OpKind::Launch);
         self.launched_here.insert(task_id.clone());
         self.granted.insert(task_id.clone(), granted);
