@@ -69,3 +69,32 @@ async fn no_ready_while_docker_does_not_answer() {
         "{msgs:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let mut agent = Agent::new("jsonlog", &["DOCKHAND_LOG_FORMAT=json"]);
+    agent.start();
+    agent.write_service(support::webapp_service("logged", 1, &[]));
+    support::wait_for(Duration::from_secs(30), "the task started", || async {
+        agent.service("logged").filter(|s| s["RunningCount"] == 1)
+    })
+    .await;
+    let log = agent.log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"message\":\"starting task")
+                && l.contains("\"service\":\"logged\"")),
+        "{log}"
+    );
+}

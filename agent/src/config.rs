@@ -83,6 +83,7 @@ pub struct Config {
     pub container_stop_timeout: Duration,
     pub container_start_timeout: Duration,
     pub image_pull_behavior: PullBehavior,
+    pub image_pull_timeout: Duration,
     pub task_cleanup_wait: Duration,
     pub image_cleanup: ImageCleanup,
     pub instance_attributes: BTreeMap<String, String>,
@@ -315,6 +316,15 @@ pub const KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        name: "ECS_IMAGE_PULL_TIMEOUT",
+        default: "2h",
+        meaning: "a pull taking longer fails (its task does not start)",
+        apply: |c, v| {
+            c.image_pull_timeout = positive_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
         name: "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION",
         default: "1h",
         meaning: "stopped task containers are removed after this",
@@ -523,6 +533,7 @@ impl Config {
             container_stop_timeout: Duration::ZERO,
             container_start_timeout: Duration::ZERO,
             image_pull_behavior: PullBehavior::Default,
+            image_pull_timeout: Duration::ZERO,
             task_cleanup_wait: Duration::ZERO,
             image_cleanup: ImageCleanup {
                 disabled: false,

@@ -1250,8 +1250,16 @@ impl<S: DesiredSource> Supervisor<S> {
         let pull = self.cfg.image_pull_behavior;
         let config_dir = self.cfg.docker_config_dir.clone();
         let start_timeout = self.cfg.container_start_timeout;
+        let pull_timeout = self.cfg.image_pull_timeout;
         self.ops.spawn(async move {
-            let result = launch_task(&docker, prepared, pull, start_timeout, &config_dir).await;
+            let result = launch_task(
+                &docker,
+                prepared,
+                (pull, pull_timeout),
+                start_timeout,
+                &config_dir,
+            )
+            .await;
             OpDone {
                 task: task_id,
                 kind: OpKind::Launch,
@@ -1410,13 +1418,13 @@ fn short(id: &str) -> &str {
 async fn launch_task(
     docker: &Docker,
     prepared: Vec<Prepared>,
-    pull: PullBehavior,
+    (pull, pull_timeout): (PullBehavior, Duration),
     start_timeout: Duration,
     docker_config: &std::path::Path,
 ) -> Result<(), String> {
     let mut ids: HashMap<String, String> = HashMap::new();
     for p in &prepared {
-        ensure_image(docker, &p.image, pull, start_timeout, docker_config).await?;
+        ensure_image(docker, &p.image, pull, pull_timeout, docker_config).await?;
         let id = match docker::create(docker, &p.docker_name, p.body.clone()).await {
             Ok(id) => id,
             Err(e) if e.status() == Some(409) => p.docker_name.clone(),
