@@ -177,7 +177,14 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
-                    ExitCode::FAILURE
+                    match e {
+                        // A setting this build cannot honour is a config
+                        // error: exit 78 so systemd does not retry in a loop.
+                        dockhand_agent::AgentError::ControlNotSupported(_) => {
+                            ExitCode::from(EXIT_CONFIG)
+                        }
+                        _ => ExitCode::FAILURE,
+                    }
                 }
             }
         }

@@ -739,3 +739,19 @@ async fn unused_images_are_cleaned_up_and_untracked_ones_kept() {
     );
     docker_cli(&["rmi", &untracked]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_endpoint_is_refused_clearly_until_it_exists() {
+    let agent = Agent::new(
+        "backendhost",
+        &["ECS_BACKEND_HOST=https://control.invalid:8443"],
+    );
+    let out = support::dockhand()
+        .args(["agent", "--config"])
+        .arg(&agent.config)
+        .output()
+        .expect("run dockhand");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("ECS_BACKEND_HOST is set to https://control.invalid:8443, but this build runs standalone only"), "{stderr}");
+}
