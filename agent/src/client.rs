@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// that crashes right after starting must not pass for a success.
 const SETTLE: Duration = Duration::from_secs(3);
 
+/// Unwell tasks listed per service before the rest is summarised.
+const MAX_TASK_LINES: usize = 3;
+
 /// Exit codes (sysexits.h where one fits).
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_DATAERR: u8 = 65;
@@ -113,6 +116,8 @@ pub fn render_status(services: &Value, tasks: &Value) -> String {
             details.push(format!("  {name}: {w}"));
         }
         // The tasks of this service that are not well: exit codes, health.
+        // Failed tasks stay listed until cleanup, so show the first few.
+        let mut unwell = 0;
         for t in tasks["Tasks"].as_array().into_iter().flatten() {
             if str_of(&t["ServiceName"]) != name {
                 continue;
@@ -126,6 +131,10 @@ pub fn render_status(services: &Value, tasks: &Value) -> String {
                 .collect();
             let desired_status = str_of(&t["DesiredStatus"]);
             if desired_status == "RUNNING" && t["Healthy"] == true {
+                continue;
+            }
+            unwell += 1;
+            if unwell > MAX_TASK_LINES {
                 continue;
             }
             let mut line = format!(
@@ -146,6 +155,12 @@ pub fn render_status(services: &Value, tasks: &Value) -> String {
                 }
             }
             details.push(line);
+        }
+        if unwell > MAX_TASK_LINES {
+            details.push(format!(
+                "  {name}: … and {} more such task(s) (dockhand status --json)",
+                unwell - MAX_TASK_LINES
+            ));
         }
         if state != "ok" {
             if let Some(e) = s["Events"].as_array().and_then(|e| e.first()) {
