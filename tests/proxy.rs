@@ -447,3 +447,58 @@ async fn an_agent_restart_under_socket_activation_fails_no_request() {
     assert_eq!(before, after, "no task restarted");
     assert_ne!(first_pid, second_pid);
 }
+
+/// The agent's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_upload_streams_through_without_growing_memory() {
+    use std::io::{Read, Write};
+    let mut agent = Agent::new("upload", &[]);
+    agent.start();
+    agent.write_service(routed_service("sink", 1, &[], 1));
+    healthy_count(&agent, "sink", 1).await;
+    let before = rss_kib(agent.pid());
+
+    const SIZE: u64 = 1 << 30; // 1 GiB
+    let port = agent.proxy;
+    let pid = agent.pid();
+    let upload = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        write!(s, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n").unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        let mut peak = 0;
+        for i in 0..(SIZE >> 20) {
+            s.write_all(&chunk).unwrap();
+            if i % 64 == 0 {
+                peak = peak.max(rss_kib(pid));
+            }
+        }
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        (answer, peak)
+    });
+    let started = Instant::now();
+    let (answer, peak) = upload.join().unwrap();
+    let took = started.elapsed();
+    eprintln!(
+        "figure: 1 GiB upload through the proxy in {} ms; agent RSS {before} KiB before, {peak} KiB peak",
+        took.as_millis()
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with(&format!("\r\n{SIZE}\n")),
+        "{answer}"
+    );
+    assert!(
+        peak < before + 32 * 1024,
+        "memory grew from {before} to {peak} KiB"
+    );
+}
