@@ -69,6 +69,11 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including those named in `Connection`.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the keys, comparing standard
+    // names by value, instead of a hashed lookup per hop-by-hop name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -92,6 +97,24 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use hyper::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING};
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == TE
+        || name == TRAILER
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
 /// Sets the `X-Forwarded-*` headers. `For` is appended to what the client
 /// sent; the others describe this hop and replace any sent.
 pub(crate) fn set_forwarded(
@@ -100,24 +123,24 @@ pub(crate) fn set_forwarded(
     host: Option<&HeaderValue>,
 ) {
     let ip = client.peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(h) = host {
-        headers.insert("x-forwarded-host", h.clone());
+        headers.insert(X_FORWARDED_HOST, h.clone());
     }
     if let Ok(v) = HeaderValue::from_str(&client.local.port().to_string()) {
-        headers.insert("x-forwarded-port", v);
+        headers.insert(X_FORWARDED_PORT, v);
     }
 }
 
 /// The host a request is for, lower case, without the port.
-fn request_host(req: &Request<Incoming>) -> String {
+fn request_host(req: &Request<Incoming>) -> std::borrow::Cow<'_, str> {
     let raw = req
         .headers()
         .get(HOST)
@@ -125,14 +148,17 @@ fn request_host(req: &Request<Incoming>) -> String {
         .or_else(|| req.uri().host())
         .unwrap_or("");
     let without_port = if raw.starts_with('[') {
-        raw.split(']')
-            .next()
-            .map(|h| format!("{h}]"))
-            .unwrap_or_default()
+        // An IPv6 literal keeps its brackets.
+        raw.find(']').map_or(raw, |end| &raw[..=end])
     } else {
-        raw.split(':').next().unwrap_or("").to_string()
+        raw.split(':').next().unwrap_or("")
     };
-    without_port.to_ascii_lowercase()
+    // Borrowed unless it needs lower-casing: no allocation per request.
+    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(without_port)
+    }
 }
 
 /// A response body that keeps its request counted as in flight until done.
@@ -164,11 +190,11 @@ pub(crate) async fn handle(
     client: ClientInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let host = request_host(&req);
-    let path = req.uri().path().to_string();
     let (route, algorithm) = {
+        let host = request_host(&req);
+        let path = req.uri().path();
         let table = inner.table();
-        match table.find(&host, &path) {
+        match table.find(&host, path) {
             Some(m) => (Arc::clone(m.route), m.algorithm),
             None => {
                 return text(
@@ -186,6 +212,13 @@ pub(crate) async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let original_host = req.headers().get(HOST).cloned();
     let (mut parts, body) = req.into_parts();
+    // Without a Host header (HTTP/1.0), an absolute URI's authority names it.
+    let host_value = original_host.clone().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     strip_hop_by_hop(&mut parts.headers, upgrade);
     set_forwarded(&mut parts.headers, &client, original_host.as_ref());
     parts.version = Version::HTTP_11;
@@ -199,10 +232,7 @@ pub(crate) async fn handle(
         parts.uri = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
     }
     if !parts.headers.contains_key(HOST) {
-        if let Some(h) = original_host
-            .clone()
-            .or_else(|| HeaderValue::from_str(&host).ok())
-        {
+        if let Some(h) = host_value {
             parts.headers.insert(HOST, h);
         }
     }
