@@ -502,3 +502,61 @@ async fn a_large_upload_streams_through_without_growing_memory() {
         "memory grew from {before} to {peak} KiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_backends_get_504_and_round_robin_alternates() {
+    let mut agent = Agent::new("timeouts", &["DOCKHAND_PROXY_RESPONSE_TIMEOUT=1s"]);
+    agent.start();
+    let mut svc = routed_service("rr", 2, &[], 1);
+    svc["loadBalancers"][0]["loadBalancingAlgorithm"] = serde_json::json!("round_robin");
+    agent.write_service(svc);
+    healthy_count(&agent, "rr", 2).await;
+
+    let (code, body) = http_get(agent.proxy, "/slow?ms=3000").unwrap();
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains("did not answer within 1s"), "{body}");
+
+    let mut seen: std::collections::BTreeMap<String, u32> = Default::default();
+    for _ in 0..20 {
+        let (code, host) = http_get(agent.proxy, "/env/HOSTNAME").unwrap();
+        assert_eq!(code, 200);
+        *seen.entry(host).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.values().all(|n| *n >= 8),
+        "round robin spreads evenly: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_killed_under_load_fails_no_request() {
+    let d = docker().await;
+    let mut agent = Agent::new("killload", &[]);
+    agent.start();
+    agent.write_service(routed_service("tough", 2, &[], 5));
+    healthy_count(&agent, "tough", 2).await;
+    let victim = agent.running(&d).await.remove(0);
+    let load = Load::start(agent.proxy, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = std::process::Command::new("docker")
+        .args(["kill", &victim.id])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The replacement joins after passing its checks.
+    healthy_count(&agent, "tough", 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = load.stop();
+    eprintln!(
+        "figure: a task killed under load: {} ok, {} non-200, {} errors",
+        stats.ok, stats.non_200, stats.errors
+    );
+    assert_eq!(
+        (stats.non_200, stats.errors),
+        (0, 0),
+        "failures: {:?}",
+        stats.failures
+    );
+}

@@ -1,12 +1,12 @@
 //! Forwarding one request: route, pick a backend, rewrite headers, send,
 //! retry when that is safe, and stream the answer back.
 //!
-//! Retries: a request is tried again (on another backend when there is one)
-//! only when it cannot have reached a backend: the connection failed, or
-//! hyper hands the unsent request back (a pooled connection the backend had
-//! just closed). Anything that may have reached a backend is not retried,
-//! idempotent or not: replaying it would need a copy of every request's
-//! headers on the hot path, for a failure the health checks handle anyway.
+//! Retries (at most three attempts, each on another backend when there is
+//! one): a request is tried again when it cannot have reached a backend (the
+//! connection failed, or hyper hands the unsent request back from a pooled
+//! connection the backend had just closed), or when it is idempotent and has
+//! no body, so sending it twice is harmless (a task killed mid-request).
+//! Nothing else is retried.
 
 use crate::backend::{Backend, InFlight};
 use crate::health::describe_io;
@@ -161,6 +161,14 @@ fn request_host(req: &Request<Incoming>) -> std::borrow::Cow<'_, str> {
     }
 }
 
+fn idempotent(m: &hyper::Method) -> bool {
+    use hyper::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
 /// A response body that keeps its request counted as in flight until done.
 struct Tracked {
     inner: Incoming,
@@ -236,6 +244,15 @@ pub(crate) async fn handle(
             parts.headers.insert(HOST, h);
         }
     }
+    // An idempotent request without a body may be sent again if its backend
+    // fails mid-way (a task killed under load); keep what rebuilding it takes.
+    let replay = (body.is_end_stream() && idempotent(&parts.method)).then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
     let mut request = Some(Request::from_parts(parts, body.boxed()));
 
     let settings = &inner.settings;
@@ -250,8 +267,21 @@ pub(crate) async fn handle(
         }) else {
             break;
         };
-        // The request is here only if no earlier attempt sent it.
-        let Some(req_now) = request.take() else {
+        // The request is here if no earlier attempt sent it, or rebuilt if
+        // sending it again is safe.
+        let Some(req_now) = request.take().or_else(|| {
+            replay.as_ref().map(|(method, uri, headers)| {
+                let mut r = Request::new(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                );
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri.clone();
+                *r.headers_mut() = headers.clone();
+                r
+            })
+        }) else {
             break;
         };
         let in_flight = backend.begin_request();
@@ -292,6 +322,10 @@ pub(crate) async fn handle(
                     request = Some(r);
                     tried.push(backend);
                     continue;
+                }
+                tried.push(backend);
+                if replay.is_some() {
+                    continue; // idempotent and bodyless: safe to send again
                 }
                 // It may have reached the backend: not retried.
                 break;
