@@ -217,11 +217,7 @@ async fn a_restarted_agent_adopts_its_tasks_and_restarts_none() {
     let mut agent = Agent::new("adopt", &[]);
     agent.start();
     agent.write_service(webapp_service("steady", 3, &[]));
-    let before = wait_for(T, "3 running tasks", || async {
-        let r = agent.running(&d).await;
-        (r.len() == 3).then_some(r)
-    })
-    .await;
+    let before = agent.wait_running(&d, 3).await;
 
     let (_, status) = agent.signal_and_wait("KILL");
     assert!(!status.success());
@@ -253,11 +249,7 @@ async fn scaling_3_1_2_then_removing_the_file() {
     let mut agent = Agent::new("scale", &[]);
     agent.start();
     agent.write_service(webapp_service("scaled", 3, &[]));
-    let three = wait_for(T, "3 running", || async {
-        let r = agent.running(&d).await;
-        (r.len() == 3).then_some(r)
-    })
-    .await;
+    let three = agent.wait_running(&d, 3).await;
 
     agent.write_service(webapp_service("scaled", 1, &[]));
     let one = wait_for(T, "1 container left, the others removed", || async {
@@ -290,11 +282,7 @@ async fn sigterm_leaves_containers_running_and_exits_promptly() {
     let mut agent = Agent::new("sigterm", &[]);
     agent.start();
     agent.write_service(webapp_service("stays", 2, &[]));
-    let before = wait_for(T, "2 running", || async {
-        let r = agent.running(&d).await;
-        (r.len() == 2).then_some(r)
-    })
-    .await;
+    let before = agent.wait_running(&d, 2).await;
     let (took, status) = agent.signal_and_wait("TERM");
     eprintln!("figure: SIGTERM -> agent exit: {} ms", took.as_millis());
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
@@ -358,11 +346,7 @@ async fn a_bad_service_file_is_reported_and_skipped_and_loses_nothing() {
     agent.write_service(webapp_service("good", 1, &[]));
     let mut broken = webapp_service("keeper", 2, &[]);
     agent.write_service(broken.clone());
-    let before = wait_for(T, "3 running", || async {
-        let r = agent.running(&d).await;
-        (r.len() == 3).then_some(r)
-    })
-    .await;
+    let before = agent.wait_running(&d, 3).await;
 
     // A new, bad service and a bad edit of a running one.
     let mut bad = webapp_service("bad", 1, &[]);
@@ -475,11 +459,7 @@ async fn a_changed_task_definition_replaces_every_task() {
     let mut agent = Agent::new("revision", &[]);
     agent.start();
     agent.write_service(webapp_service("rolling", 2, &[("PROVIDER", "world")]));
-    let old = wait_for(T, "2 tasks of revision 1", || async {
-        let r = agent.running(&d).await;
-        (r.len() == 2).then_some(r)
-    })
-    .await;
+    let old = agent.wait_running(&d, 2).await;
 
     // The article's update: PROVIDER from world to ECS.
     agent.write_service(webapp_service("rolling", 2, &[("PROVIDER", "ECS")]));

@@ -325,6 +325,19 @@ impl Agent {
         out
     }
 
+    /// Waits (30 s at most) until exactly `n` of this agent's containers run.
+    pub async fn wait_running(&self, docker: &Docker, n: usize) -> Vec<Container> {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{n} running containers"),
+            || async {
+                let r = self.running(docker).await;
+                (r.len() == n).then_some(r)
+            },
+        )
+        .await
+    }
+
     pub async fn running(&self, docker: &Docker) -> Vec<Container> {
         self.containers(docker)
             .await
