@@ -17,6 +17,7 @@ missing=""
 command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
 command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
 command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 if [ -n "$missing" ]; then
   log "installing$missing (socket activation, registry pull tests)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
