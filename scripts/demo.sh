@@ -54,6 +54,16 @@ for port in $(docker ps --filter label=com.amazonaws.ecs.cluster=demo --format '
   printf 'GET 127.0.0.1:%s/ -> %s' "$port" "$(curl -s "http://127.0.0.1:$port/")"
   echo
 done
+log "through the proxy on 127.0.0.1:8080 (only healthy tasks get traffic)"
+for _ in $(seq 1 50); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/)" = 200 ] && break
+  sleep 0.2
+done
+for _ in 1 2 3; do
+  printf 'GET 127.0.0.1:8080/ -> %s (task %s)\n' "$(curl -s http://127.0.0.1:8080/)" "$(curl -s http://127.0.0.1:8080/env/HOSTNAME)"
+done
+log "dockhand status"
+target/debug/dockhand status --config "$work/ecs.config"
 log "GET /v1/services"
 curl -s "http://127.0.0.1:$api_port/v1/services" | python3 -m json.tool | head -40
 log "agent log"
