@@ -193,7 +193,7 @@ async fn a_crash_looping_task_is_retried_with_growing_delays() {
     // the container (well under a second idle, more on a loaded CI box).
     for (i, backoff_ms) in [0u64, 1000, 2000, 4000].into_iter().enumerate() {
         assert!(
-            gaps[i] >= backoff_ms && gaps[i] < backoff_ms + 2000,
+            gaps[i] >= backoff_ms && gaps[i] < backoff_ms + 3000,
             "replacement {i} after {backoff_ms} ms of backoff: {gaps:?}"
         );
     }

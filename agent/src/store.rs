@@ -36,6 +36,8 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("{path} is locked by another running agent; one agent per ECS_DATADIR")]
+    Locked { path: PathBuf },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -147,6 +149,9 @@ impl State {
 pub struct Store {
     path: PathBuf,
     dir: PathBuf,
+    /// Held for the store's life: a second agent on the same directory
+    /// would fight this one over the same containers.
+    _lock: std::fs::File,
     pub state: State,
     saved: State,
 }
@@ -159,6 +164,19 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         })?;
+        let lock_path = dir.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::Write {
+                path: lock_path.clone(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked { path: lock_path });
+        }
         let path = dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
@@ -177,6 +195,7 @@ impl Store {
         let mut store = Store {
             path,
             dir: dir.to_path_buf(),
+            _lock: lock,
             saved: state.clone(),
             state,
         };
@@ -256,6 +275,16 @@ mod tests {
     }
 
     #[test]
+    fn one_agent_per_data_dir() {
+        let dir = temp_dir("lock");
+        let first = Store::open(&dir).unwrap();
+        assert!(matches!(Store::open(&dir), Err(StoreError::Locked { .. })));
+        drop(first);
+        assert!(Store::open(&dir).is_ok(), "the lock goes with its holder");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn a_leftover_temp_file_does_not_replace_good_state() {
         let dir = temp_dir("torn");
         let mut s = Store::open(&dir).unwrap();
@@ -263,6 +292,7 @@ mod tests {
         s.save().unwrap();
         // A crash in the middle of the next save leaves a torn temp file.
         std::fs::write(dir.join("state.json.tmp"), b"{\"instance_id\": \"trunc").unwrap();
+        drop(s);
         let again = Store::open(&dir).unwrap();
         assert_eq!(again.state.revisions["web"], vec!["aaaa".to_string()]);
         std::fs::remove_dir_all(dir).ok();
