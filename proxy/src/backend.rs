@@ -77,10 +77,6 @@ impl Backend {
         self.upgraded.load(Ordering::Acquire)
     }
 
-    pub fn healthy(&self) -> bool {
-        lock(&self.state).hysteresis.healthy()
-    }
-
     pub fn checks_done(&self) -> u64 {
         lock(&self.state).checks_done
     }

@@ -147,10 +147,6 @@ impl Proxy {
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.inner.settings
-    }
-
     /// Declares a service's routes, one per `loadBalancers` entry. Existing
     /// routes keep their backends and health state; removed ones stop
     /// their checks.
@@ -189,14 +185,6 @@ impl Proxy {
         if changed {
             self.inner.rebuild(&routes);
         }
-    }
-
-    /// Services that have routes.
-    pub fn services(&self) -> Vec<String> {
-        let routes = backend::lock(&self.inner.routes);
-        let mut s: Vec<String> = routes.keys().map(|k| k.0.clone()).collect();
-        s.dedup();
-        s
     }
 
     /// Registers `task`'s published port on a route (idempotent). New
@@ -345,24 +333,6 @@ impl Proxy {
             .filter(|(k, _)| k.0 == service)
             .map(|(_, r)| r.requests.load(std::sync::atomic::Ordering::Relaxed))
             .sum()
-    }
-
-    /// Tasks that have backends on `service`'s routes.
-    pub fn tasks_of(&self, service: &str) -> Vec<String> {
-        let routes = backend::lock(&self.inner.routes);
-        let mut out: Vec<String> = routes
-            .iter()
-            .filter(|(k, _)| k.0 == service)
-            .flat_map(|(_, r)| {
-                read(&r.backends)
-                    .iter()
-                    .map(|b| b.task.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        out.sort();
-        out.dedup();
-        out
     }
 
     /// Serves on `listeners` until `shutdown`, then stops accepting and

@@ -174,10 +174,6 @@ impl Table {
         Table { entries }
     }
 
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.entries.iter().map(|e| &e.route)
-    }
-
     /// The most specific route for `host` (without port, lower case) and `path`.
     pub fn find(&self, host: &str, path: &str) -> Option<Matched<'_>> {
         let mut best: Option<(&Entry, (u8, usize))> = None;
