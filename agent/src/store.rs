@@ -129,6 +129,17 @@ pub struct State {
     pub images: BTreeMap<String, u64>,
 }
 
+impl ServiceRecord {
+    /// What the service runs for `file_spec`: the file's spec, unless its
+    /// rollout failed (the circuit breaker tripped), then the stable one.
+    pub fn runs<'a>(&'a self, file_spec: &'a ServiceSpec) -> &'a ServiceSpec {
+        match (&self.failed_digest, &self.stable) {
+            (Some(failed), Some(stable)) if file_spec.task_definition.digest() == *failed => stable,
+            _ => file_spec,
+        }
+    }
+}
+
 impl State {
     /// The revision number of `digest` in `family`, numbering it if new.
     pub fn revision_of(&mut self, family: &str, digest: &str) -> u32 {

@@ -969,12 +969,7 @@ impl<S: DesiredSource> Supervisor<S> {
             rec.rollout_digest = Some(digest.clone());
             rec.rollout_failures = 0;
         }
-        if rec.failed_digest.as_deref() == Some(digest.as_str()) {
-            if let Some(stable) = rec.stable.clone() {
-                return stable;
-            }
-        }
-        spec
+        rec.runs(&spec).clone()
     }
 
     /// Fails a running task (counted like a crash) and stops it, keeping its
@@ -1313,12 +1308,7 @@ impl<S: DesiredSource> Supervisor<S> {
                 .cloned()
                 .unwrap_or_else(ServiceRecord::default);
             // After a rollback the service runs its stable spec, not the file's.
-            let spec = match (spec, &rec.failed_digest, &rec.stable) {
-                (Some(s), Some(failed), Some(stable)) if s.task_definition.digest() == *failed => {
-                    Some(stable)
-                }
-                (s, _, _) => s,
-            };
+            let spec = spec.map(|s| rec.runs(s));
             let mine = snapshot.tasks.iter().filter(|t| &t.service == name);
             let revision = spec.and_then(|s| {
                 let digest = s.task_definition.digest();
