@@ -123,6 +123,8 @@ pub struct Supervisor<S> {
     /// When this agent process first saw each task: an adopted task's
     /// health deadline runs from here, not from when it started.
     first_seen: HashMap<String, Instant>,
+    /// Images of this agent's containers at the last pass.
+    images_seen: BTreeSet<String>,
     /// The last STATUS= line sent to systemd.
     last_status_line: String,
     /// Fired once the first reconcile is done and every backend has been
@@ -173,6 +175,7 @@ impl<S: DesiredSource> Supervisor<S> {
             ever_healthy: HashSet::new(),
             first_seen: HashMap::new(),
             last_status_line: String::new(),
+            images_seen: BTreeSet::new(),
             ready: Some((ready, Instant::now() + READY_WAIT)),
         }
     }
@@ -366,15 +369,11 @@ impl<S: DesiredSource> Supervisor<S> {
     }
 
     async fn clean_images(&mut self) {
-        let referenced = self.referenced_images();
+        // In use: what any known spec names, and what the last pass saw in
+        // this agent's containers (no second listing of Docker here).
+        let mut referenced = self.referenced_images();
+        referenced.extend(self.images_seen.iter().cloned());
         let mut tracked = std::mem::take(&mut self.store.state.images);
-        // Images of this agent's containers count as in use: refresh them.
-        if let Ok(observed) = docker::observe(&self.docker, &self.store.state.instance_id).await {
-            let now = now_ms();
-            for c in observed {
-                tracked.insert(c.image, now);
-            }
-        }
         let removed = crate::images::cycle(
             &self.docker,
             &self.cfg.image_cleanup,
@@ -500,6 +499,7 @@ impl<S: DesiredSource> Supervisor<S> {
             }
         };
         self.track_images(observed.iter().map(|c| c.image.as_str()));
+        self.images_seen = observed.iter().map(|c| c.image.clone()).collect();
         let tasks = task::group(observed);
         self.adopt_and_forget(&tasks);
         self.fail_dead_tasks(&tasks);
