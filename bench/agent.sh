@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/docker-env.sh
+. bench/lib.sh
 tasks=${1:-10}
 
 ensure_docker
@@ -15,21 +16,11 @@ scripts/build-test-image.sh >/dev/null
 cargo build --locked --release --quiet --bin dockhand
 
 work=$(mktemp -d /tmp/dockhand-bench.XXXXXX)
-mkdir -p "$work/services"
-cat >"$work/ecs.config" <<CONF
-ECS_CLUSTER=bench
-ECS_DATADIR=$work/data
-DOCKHAND_SERVICES_DIR=$work/services
-DOCKER_HOST=$DOCKER_HOST
-DOCKHAND_API_LISTEN=127.0.0.1:51681
-DOCKHAND_PROXY_LISTEN=127.0.0.1:0
-ECS_IMAGE_PULL_BEHAVIOR=prefer-cached
-CONF
+bench_agent_config "$work" 51681 "$(free_port)"
 agent_pid=""
 finish() {
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
-  ids=$(docker ps -aq --filter label=com.amazonaws.ecs.cluster=bench)
-  [ -n "$ids" ] && docker rm -f $ids >/dev/null
+  remove_bench_containers
   rm -rf "$work"
   stop_private_dockerd
 }

@@ -114,6 +114,14 @@ impl Agent {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    fn open_log(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open agent log")
+    }
+
     /// Starts the agent process (appending to its log).
     pub fn start(&mut self) {
         self.start_with_env(&[]);
@@ -122,11 +130,7 @@ impl Agent {
     /// Starts the agent with extra environment variables.
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "agent already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open agent log");
+        let log = self.open_log();
         let child = dockhand()
             .args(["agent", "--config"])
             .arg(&self.config)
@@ -151,11 +155,7 @@ impl Agent {
     /// shell, not each agent.
     pub fn start_socket_activated(&mut self, runs: usize) {
         assert!(self.child.is_none(), "agent already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open agent log");
+        let log = self.open_log();
         let bin = env!("CARGO_BIN_EXE_dockhand");
         let one = format!("LISTEN_PID= {bin} agent --config {}", self.config.display());
         let script = vec![one; runs].join("; ");
