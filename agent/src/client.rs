@@ -346,6 +346,23 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn status_lists_three_unwell_tasks_then_counts_the_rest() {
+        let services = json!({"Services": [{"ServiceName": "crashy", "Revision": 1, "DesiredCount": 1,
+            "RunningCount": 0, "HealthyCount": 0, "PendingReason": "restart backoff", "Events": []}]});
+        let tasks: Vec<_> = (0..5)
+            .map(|i| json!({"Arn": format!("arn:aws:ecs:local:0:task/c/{i:032}"), "ServiceName": "crashy",
+                "Version": "1", "DesiredStatus": "STOPPED", "KnownStatus": "STOPPED", "Healthy": false,
+                "StoppedReason": "essential container web exited with code 3", "Containers": []}))
+            .collect();
+        let out = render_status(&services, &json!({ "Tasks": tasks }));
+        assert_eq!(out.matches("exited with code 3").count(), 3, "{out}");
+        assert!(
+            out.contains("  crashy: … and 2 more such task(s) (dockhand status --json)\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn status_names_what_is_wrong_and_why() {
         let services = json!({"Services": [
             {"ServiceName": "web", "Revision": 2, "DesiredCount": 2, "RunningCount": 2, "HealthyCount": 2,
