@@ -1,8 +1,9 @@
 //! `dockhand`: the one installed binary. A thin shell: parse arguments, load
 //! the config, set up logging, and hand over to the agent library.
 
+mod client;
+
 use clap::{Parser, Subcommand};
-use dockhand_agent::client;
 use dockhand_agent::config::{Config, DEFAULT_CONFIG_PATH, EXIT_CONFIG};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

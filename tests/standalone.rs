@@ -244,6 +244,76 @@ async fn a_restarted_agent_adopts_its_tasks_and_restarts_none() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_missing_services_directory_holds_running_tasks_until_it_appears() {
+    let d = docker().await;
+    let mut agent = Agent::new("nodir", &[]);
+    agent.start();
+    agent.write_service(support::routed_service("held", 2, &[], 1));
+    wait_for(T, "2 healthy tasks", || async {
+        agent.service("held").filter(|s| s["HealthyCount"] == 2)
+    })
+    .await;
+    let before = agent.containers(&d).await;
+    let ids = |v: &[support::Container]| {
+        v.iter()
+            .map(|c| (c.id.clone(), c.started_at.clone(), c.running))
+            .collect::<BTreeSet<_>>()
+    };
+
+    // The agent restarts while its services directory is gone (a late
+    // mount, an operator moving it).
+    agent.signal_and_wait("TERM");
+    let away = agent.dir.join("services.away");
+    std::fs::rename(&agent.services, &away).expect("move the services directory away");
+    agent.start();
+    let meta = wait_for(T, "the agent's metadata", || async {
+        agent.api_get("/v1/metadata")
+    })
+    .await;
+    assert_eq!(meta["DesiredStateKnown"], false, "{meta}");
+    // For 30 s: nothing stopped, nothing started, and the proxy serves
+    // from the last known desired state.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(30) {
+        assert_eq!(ids(&agent.containers(&d).await), ids(&before));
+        if let Ok((code, body)) = http_get(agent.proxy, "/") {
+            assert!(code == 200 || code == 503, "{code} {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (code, body) = http_get(agent.proxy, "/").expect("the proxy answers");
+    assert_eq!((code, body.as_str()), (200, "Hello world!\n"));
+    let s = agent.service("held").expect("the service is listed");
+    assert!(
+        s["PendingReason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("desired state unknown"),
+        "{s}"
+    );
+    assert!(agent
+        .log()
+        .contains("services directory is missing or unreadable"));
+
+    // The directory comes back: desired state known again, the same tasks
+    // adopted, none restarted.
+    std::fs::rename(&away, &agent.services).expect("move it back");
+    wait_for(T, "desired state known again", || async {
+        agent
+            .api_get("/v1/metadata")
+            .filter(|m| m["DesiredStateKnown"] == true)
+    })
+    .await;
+    wait_for(T, "2 healthy tasks, nothing pending", || async {
+        agent
+            .service("held")
+            .filter(|s| s["HealthyCount"] == 2 && s["PendingReason"].is_null())
+    })
+    .await;
+    assert_eq!(ids(&agent.containers(&d).await), ids(&before));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn scaling_3_1_2_then_removing_the_file() {
     let d = docker().await;
     let mut agent = Agent::new("scale", &[]);

@@ -1,46 +1,77 @@
 //! The local API on `DOCKHAND_API_LISTEN` (loopback by default): read-only
-//! JSON views of the supervisor's latest snapshot. Anything but GET or HEAD
-//! is refused with 405; unknown paths get 404.
+//! JSON views of the supervisor's latest snapshot and of its state-change
+//! stream. Anything but GET or HEAD is refused with 405; unknown paths get
+//! 404.
+//!
+//! It is small and must never take the agent down: at most
+//! [`MAX_CONNECTIONS`] clients at once (more wait in the kernel's backlog),
+//! and a client has [`HEADER_TIMEOUT`] to send each request's headers, idle
+//! keep-alive connections included.
 
+use crate::changes::Changes;
 use crate::status::Snapshot;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Serves until `shutdown` resolves; in-flight requests are not waited for
-/// (they are tiny reads of memory).
-pub async fn serve(
-    listener: TcpListener,
-    status: Arc<RwLock<Snapshot>>,
-    proxy: dockhand_proxy::Proxy,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
+/// Clients served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a request's headers (and how long an idle
+/// keep-alive connection is kept).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// State changes returned per request, at most.
+const MAX_CHANGES: usize = 1000;
+
+/// What the API reads.
+#[derive(Clone)]
+pub struct ApiState {
+    pub status: Arc<RwLock<Snapshot>>,
+    pub proxy: dockhand_proxy::Proxy,
+    pub changes: Arc<Changes>,
+}
+
+/// Serves until `shutdown` is signaled; in-flight requests are tiny reads
+/// of memory and finish at once.
+pub async fn serve(listener: TcpListener, state: ApiState, shutdown: drain::Watch) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let signaled = shutdown.signaled();
+    tokio::pin!(signaled);
     loop {
+        let permit = tokio::select! {
+            _ = &mut signaled => return,
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let (stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut signaled => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(cause = %e, "local API accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let status = Arc::clone(&status);
-        let proxy = proxy.clone();
+        let state = state.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
-                let status = Arc::clone(&status);
-                let proxy = proxy.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&req, &status, &proxy)) }
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&req, &state)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(16 * 1024)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(cause = %e, "local API connection ended with an error");
@@ -49,11 +80,7 @@ pub async fn serve(
     }
 }
 
-fn handle(
-    req: &Request<Incoming>,
-    status: &RwLock<Snapshot>,
-    proxy: &dockhand_proxy::Proxy,
-) -> Response<Full<Bytes>> {
+fn handle(req: &Request<Incoming>, state: &ApiState) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET is allowed here\n");
         r.headers_mut().insert(
@@ -62,31 +89,49 @@ fn handle(
         );
         return r;
     }
-    let snapshot = match status.read() {
+    let snapshot = match state.status.read() {
         Ok(s) => s.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
-    if req.uri().path() == "/metrics" {
-        let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(
-            &snapshot,
-            |svc| proxy.requests(svc),
-        ))));
-        r.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-        );
-        return r;
-    }
     let body = match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(
+                &snapshot,
+                |svc| state.proxy.requests(svc),
+            ))));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return r;
+        }
         "/v1/metadata" => snapshot.metadata_json(),
         "/v1/tasks" => snapshot.tasks_json(),
         "/v1/services" => snapshot.services_json(),
-        _ => {
-            return text(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; try /v1/metadata, /v1/tasks, /v1/services, /metrics\n",
-            )
+        "/v1/changes" => {
+            let after = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("after="))
+                .map(str::parse::<u64>);
+            let after = match after {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "after= must be a sequence number\n",
+                    )
+                }
+            };
+            changes_json(&state.changes, after)
         }
+        _ => return text(
+            StatusCode::NOT_FOUND,
+            "no such endpoint; try /v1/metadata, /v1/tasks, /v1/services, /v1/changes, /metrics\n",
+        ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     r.headers_mut().insert(
@@ -94,6 +139,23 @@ fn handle(
         hyper::header::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// `GET /v1/changes?after=N`: the task state changes after N, oldest first.
+fn changes_json(changes: &Changes, after: u64) -> serde_json::Value {
+    let (list, oldest) = changes.since(after, MAX_CHANGES);
+    json!({
+        "Changes": list.iter().map(|c| json!({
+            "Sequence": c.report.sequence,
+            "ServiceName": c.service,
+            "TaskId": c.task_id,
+            "Revision": c.revision,
+            "DesiredStatus": c.desired,
+            "Change": c.report,
+        })).collect::<Vec<_>>(),
+        "Oldest": oldest,
+        "Last": changes.last(),
+    })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -7,10 +7,7 @@
 //! is simply skipped.
 
 use crate::config::ImageCleanup;
-use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder,
-};
-use bollard::Docker;
+use crate::engine::Engine;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Picks this cycle's images: unreferenced, unused long enough, oldest first.
@@ -38,8 +35,8 @@ pub fn select(
 
 /// One cleanup cycle. `tracked` is the agent's record of images it used
 /// (updated: removed images are forgotten). Returns what was removed.
-pub async fn cycle(
-    docker: &Docker,
+pub async fn cycle<E: Engine>(
+    engine: &E,
     cfg: &ImageCleanup,
     tracked: &mut BTreeMap<String, u64>,
     referenced: &BTreeSet<String>,
@@ -49,25 +46,13 @@ pub async fn cycle(
     if !cfg.exclude_untracked {
         // Every tagged image, aged by its creation time, unless some
         // container (of any owner) uses it.
-        let in_use: BTreeSet<String> = docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default().all(true).build(),
-            ))
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|c| c.image)
-            .collect();
-        for img in docker
-            .list_images(Some(ListImagesOptionsBuilder::default().build()))
-            .await
-            .unwrap_or_default()
-        {
-            for tag in img.repo_tags {
-                if tag != "<none>:<none>" && !in_use.contains(&tag) {
+        let in_use = engine.images_in_use().await.unwrap_or_default();
+        for img in engine.images().await.unwrap_or_default() {
+            for tag in img.tags {
+                if !in_use.contains(&tag) {
                     last_used
                         .entry(tag)
-                        .or_insert(img.created.max(0) as u64 * 1000);
+                        .or_insert((img.created.max(0) as u64).saturating_mul(1000));
                 }
             }
         }
@@ -81,17 +66,11 @@ pub async fn cycle(
     );
     let mut removed = Vec::new();
     for image in chosen {
-        let options = RemoveImageOptionsBuilder::default().force(false).build();
-        match docker.remove_image(&image, Some(options), None).await {
-            Ok(_) => {
+        match engine.remove_image(&image).await {
+            Ok(()) => {
                 tracing::info!(image = %image, "removed unused image");
                 tracked.remove(&image);
                 removed.push(image);
-            }
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                tracked.remove(&image);
             }
             Err(e) => tracing::debug!(image = %image, cause = %e, "image not removed (in use?)"),
         }

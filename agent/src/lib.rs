@@ -3,34 +3,41 @@
 //! Data flows one way through these modules:
 //!
 //! - [`config`]: `ecs.config` + environment + defaults → a valid [`Config`].
-//! - [`desired`]: a [`desired::DesiredSource`] (service files today, the
-//!   control endpoint later) → the services this host should run, each a
-//!   [`taskdef::ServiceSpec`] with an inline ECS task definition.
-//! - [`supervisor`]: the reconcile loop. It reads actual state from Docker by
-//!   label ([`docker`]), derives each task's state ([`task`]), decides starts
-//!   and stops per service ([`rollout`]), places tasks on host ports and
-//!   resources ([`ports`]) and keeps what must outlive it in [`store`].
-//! - [`status`] and [`api`]: what the agent publishes about itself.
+//! - [`desired`]: a source (the service files directory; the control
+//!   endpoint in managed mode) pushes the desired state, or "unknown", on a
+//!   watch channel.
+//! - [`supervisor`]: the reconcile loop. It reads actual state from the
+//!   container engine by label ([`engine`], [`containers`]), derives each
+//!   task's state ([`task`]), decides starts and stops per service
+//!   ([`rollout`]), places tasks on host ports and resources ([`ports`]),
+//!   drives the proxy ([`router`]) and keeps what must outlive it in
+//!   [`store`].
+//! - [`status`], [`changes`] and [`api`]: what the agent publishes about
+//!   itself: a snapshot, and an ordered stream of task state changes.
 
 pub mod api;
-pub mod client;
+pub mod changes;
+pub mod clock;
 pub mod config;
+pub mod containers;
 pub mod desired;
-pub mod docker;
+pub mod engine;
+pub mod files;
 pub mod images;
 pub mod metrics;
 pub mod notify;
 pub mod ports;
 pub mod registry;
 pub mod rollout;
+pub mod router;
 pub mod status;
 pub mod store;
 pub mod supervisor;
 pub mod task;
-pub mod taskdef;
 
 pub use config::Config;
 
+use engine::Engine;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -64,11 +71,15 @@ pub enum AgentError {
 ///
 /// Start-up order: the state directory, the local API and the proxy
 /// listeners are bound first, so a taken port fails the start with a clear
-/// error. Docker being down is not an error: the agent waits for it, so boot
-/// order does not matter. The proxy starts accepting only after the first
-/// reconcile has registered the running tasks and their first health checks
-/// are done, so a restarted agent (socket activation keeps new connections
-/// queued meanwhile) never answers 503 for a healthy service.
+/// error. The engine being down is not an error: the agent waits for it, so
+/// boot order does not matter. The proxy starts accepting only after the
+/// first reconcile has registered the running tasks and their first health
+/// checks are done, so a restarted agent (socket activation keeps new
+/// connections queued meanwhile) never answers 503 for a healthy service.
+///
+/// Shutdown is one signal to every part (the supervisor, the proxy and its
+/// connections, the local API); it is over when each has finished its work,
+/// or after the proxy's shutdown grace at most.
 pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
@@ -88,11 +99,7 @@ pub async fn run(
         "dockhand agent starting"
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-
+    let (signal, watch) = drain::channel();
     let listener = tokio::net::TcpListener::bind(cfg.api_listen)
         .await
         .map_err(|source| AgentError::BindApi {
@@ -107,81 +114,93 @@ pub async fn run(
         instance_id: instance,
         ..Default::default()
     }));
+    let changes = Arc::new(changes::Changes::default());
 
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
     let proxy = dockhand_proxy::Proxy::new(cfg.proxy.clone(), health_tx);
-    let api = tokio::spawn(api::serve(
+    tokio::spawn(api::serve(
         listener,
-        Arc::clone(&status),
-        proxy.clone(),
-        stopped(stop_rx.clone()),
+        api::ApiState {
+            status: Arc::clone(&status),
+            proxy: proxy.clone(),
+            changes: Arc::clone(&changes),
+        },
+        watch.clone(),
     ));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    let proxy_task = {
+    {
         let proxy = proxy.clone();
-        let before = stopped(stop_rx.clone());
-        let during = stopped(stop_rx.clone());
+        let watch = watch.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = ready_rx => notify::ready("serving"),
-                // Docker may be down for long: serve 404/503 rather than
+                // The engine may be down for long: serve 404/503 rather than
                 // leave clients hanging.
                 _ = tokio::time::sleep(Duration::from_secs(15)) => {}
-                _ = before => return,
+                // Shut down before serving: the watch is dropped here.
+                _ = watch.clone().signaled() => return,
             }
-            proxy.serve(proxy_listeners, during).await;
-        })
-    };
-
-    let body = async {
-        notify::status("waiting for Docker");
-        let Some(docker) = connect_with_retry(&cfg.docker_host, stopped(stop_rx.clone())).await
-        else {
-            return;
-        };
-        let capacity = loop {
-            match docker::capacity(&docker).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(cause = %e, "cannot read host capacity from Docker; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
-        tracing::info!(
-            memory_mib = capacity.memory_mib,
-            reserved_memory_mib = cfg.reserved_memory_mib,
-            cpu_units = capacity.cpu_units,
-            "host capacity"
-        );
-        let source = desired::ServiceDir::new(cfg.services_dir.clone());
-        let sup = supervisor::Supervisor::new(
-            Arc::clone(&cfg),
-            docker,
-            store,
-            source,
-            capacity,
-            status,
-            proxy,
-            health_rx,
-            ready_tx,
-        );
-        sup.run(stopped(stop_rx.clone())).await;
-    };
-    tokio::pin!(body);
-    tokio::select! {
-        _ = &mut body => {}
-        _ = shutdown => {
-            tracing::info!("shutting down; containers keep running");
-        }
+            proxy.serve(proxy_listeners, watch).await;
+        });
     }
+
+    let (desired_tx, desired_rx) = desired::channel();
+    tokio::spawn(desired::service_dir::watch(
+        cfg.services_dir.clone(),
+        desired_tx,
+    ));
+
+    let body = {
+        let watch = watch.clone();
+        let cfg = Arc::clone(&cfg);
+        async move {
+            notify::status("waiting for Docker");
+            let Some(engine) = connect_with_retry(&cfg.docker_host, watch.clone()).await else {
+                return;
+            };
+            let capacity = loop {
+                match engine.capacity().await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "cannot read host capacity from Docker; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            tracing::info!(
+                memory_mib = capacity.memory_mib,
+                reserved_memory_mib = cfg.reserved_memory_mib,
+                cpu_units = capacity.cpu_units,
+                "host capacity"
+            );
+            let sup = supervisor::Supervisor::new(supervisor::Parts {
+                cfg,
+                engine,
+                router: proxy,
+                clock: clock::Clock::System,
+                store,
+                desired: desired_rx,
+                capacity,
+                status,
+                changes,
+                health_events: health_rx,
+                ready: ready_tx,
+            });
+            sup.run(watch).await;
+        }
+    };
+    drop(watch);
+    let supervisor = tokio::spawn(body);
+    shutdown.await;
+    tracing::info!("shutting down; containers keep running");
     notify::stopping();
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), &mut body).await;
-    // The proxy finishes in-flight requests within its grace period.
+    // Every part stops taking work at once; the proxy's connections finish
+    // their requests within the grace period.
     let grace = cfg.proxy.shutdown_grace + Duration::from_secs(1);
-    let _ = tokio::time::timeout(grace, proxy_task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), api).await;
+    if tokio::time::timeout(grace, signal.drain()).await.is_err() {
+        tracing::warn!("shutdown grace period over; leaving what is left");
+    }
+    supervisor.abort();
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -225,15 +244,17 @@ fn proxy_listeners(cfg: &Config) -> Result<Vec<tokio::net::TcpListener>, AgentEr
     Ok(out)
 }
 
-/// Connects to Docker, retrying with backoff until it answers or `stop`.
+/// Connects to Docker, retrying with backoff until it answers or shutdown
+/// is signaled.
 async fn connect_with_retry(
     host: &str,
-    stop: impl std::future::Future<Output = ()>,
-) -> Option<bollard::Docker> {
-    tokio::pin!(stop);
+    shutdown: drain::Watch,
+) -> Option<engine::docker::DockerEngine> {
+    let signaled = shutdown.signaled();
+    tokio::pin!(signaled);
     let mut delay = Duration::from_millis(200);
     loop {
-        match docker::connect(host).await {
+        match engine::docker::DockerEngine::connect(host).await {
             Ok(d) => {
                 tracing::info!(docker_host = host, "connected to Docker");
                 return Some(d);
@@ -243,7 +264,7 @@ async fn connect_with_retry(
             }
         }
         tokio::select! {
-            _ = &mut stop => return None,
+            _ = &mut signaled => return None,
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));

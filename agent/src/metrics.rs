@@ -7,9 +7,18 @@
 //! gives.
 
 use crate::status::Snapshot;
+use dockhand_model::task::TaskStatus;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Task statuses counted in `dockhand_task_state_changes_total`.
+const CHANGE_STATUSES: [TaskStatus; 4] = [
+    TaskStatus::Pending,
+    TaskStatus::Running,
+    TaskStatus::Stopping,
+    TaskStatus::Stopped,
+];
 
 pub struct Counters {
     pub reconciles: AtomicU64,
@@ -18,6 +27,8 @@ pub struct Counters {
     pub pulls_failed: AtomicU64,
     pub pull_micros: AtomicU64,
     pub docker_errors: AtomicU64,
+    /// Per entry of [`CHANGE_STATUSES`].
+    pub state_changes: [AtomicU64; 4],
 }
 
 pub static COUNTERS: Counters = Counters {
@@ -27,6 +38,12 @@ pub static COUNTERS: Counters = Counters {
     pulls_failed: AtomicU64::new(0),
     pull_micros: AtomicU64::new(0),
     docker_errors: AtomicU64::new(0),
+    state_changes: [
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    ],
 };
 
 pub fn reconciled(took: Duration) {
@@ -46,6 +63,13 @@ pub fn pulled(ok: bool, took: Duration) {
     COUNTERS
         .pull_micros
         .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+}
+
+/// A task state change was published.
+pub fn state_change(status: TaskStatus) {
+    if let Some(i) = CHANGE_STATUSES.iter().position(|s| *s == status) {
+        COUNTERS.state_changes[i].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 pub fn docker_error() {
@@ -72,6 +96,14 @@ pub fn render(s: &Snapshot, proxied: impl Fn(&str) -> u64) -> String {
     let _ = writeln!(o, "# HELP dockhand_image_pull_duration_seconds Time spent pulling images.\n# TYPE dockhand_image_pull_duration_seconds summary\ndockhand_image_pull_duration_seconds_sum {}\ndockhand_image_pull_duration_seconds_count {}", secs(get(&c.pull_micros)), get(&c.pulls_ok) + get(&c.pulls_failed));
     let _ = writeln!(o, "# HELP dockhand_docker_errors_total Docker API calls that failed.\n# TYPE dockhand_docker_errors_total counter\ndockhand_docker_errors_total {}", get(&c.docker_errors));
 
+    let _ = writeln!(o, "# HELP dockhand_task_state_changes_total Task state changes published, by the status changed to.\n# TYPE dockhand_task_state_changes_total counter");
+    for (status, n) in CHANGE_STATUSES.iter().zip(&c.state_changes) {
+        let _ = writeln!(
+            o,
+            "dockhand_task_state_changes_total{{status=\"{status}\"}} {}",
+            get(n)
+        );
+    }
     let mut by_state: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
     for t in &s.tasks {
         *by_state.entry((t.service.as_str(), t.known)).or_default() += 1;

@@ -62,23 +62,24 @@ impl PortAllocator {
     }
 }
 
-/// Why a task cannot be placed on this host, in numbers.
+/// Why a task cannot be placed on this host, in numbers. Free amounts are
+/// wide integers, so no reservation (from a label, untrusted) can wrap them.
 pub fn check_fit(
     need_memory: u64,
-    free_memory: i64,
+    free_memory: i128,
     need_cpu: u64,
-    free_cpu: i64,
+    free_cpu: i128,
     static_ports: &[(u16, &str)],
     in_use: &BTreeSet<u16>,
     reserved: &[u16],
 ) -> Result<(), String> {
-    if need_memory as i64 > free_memory {
+    if i128::from(need_memory) > free_memory {
         return Err(format!(
             "not enough memory: needs {need_memory} MiB, {} MiB free",
             free_memory.max(0)
         ));
     }
-    if need_cpu as i64 > free_cpu {
+    if i128::from(need_cpu) > free_cpu {
         return Err(format!(
             "not enough CPU: needs {need_cpu} CPU units, {} free",
             free_cpu.max(0)
@@ -134,5 +135,8 @@ mod tests {
             .unwrap_err()
             .contains("8080/tcp is already used"));
         assert!(check_fit(1, 200, 0, 1024, &[(80, "tcp")], &none, &[]).is_ok());
+        // Huge needs do not wrap into small ones.
+        assert!(check_fit(u64::MAX, 200, 0, 1024, &[], &none, &[]).is_err());
+        assert!(check_fit(1, 200, u64::MAX, 1024, &[], &none, &[]).is_err());
     }
 }

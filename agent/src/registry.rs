@@ -3,8 +3,8 @@
 //! keyed by registry host. Credential helpers (`credsStore`,
 //! `credHelpers`) are not run; a host that uses one gets a warning.
 
+use crate::engine::Credentials;
 use base64::Engine;
-use bollard::auth::DockerCredentials;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub fn registry_of(image: &str) -> &str {
 
 /// Credentials for pulling `image`, if `config.json` has any for its
 /// registry. Read at each pull, so a `docker login` takes effect at once.
-pub fn credentials_for(image: &str, config_dir: &Path) -> Option<DockerCredentials> {
+pub fn credentials_for(image: &str, config_dir: &Path) -> Option<Credentials> {
     let path = config_dir.join("config.json");
     let text = std::fs::read_to_string(&path).ok()?;
     let file: ConfigFile = match serde_json::from_str(&text) {
@@ -98,12 +98,12 @@ pub fn credentials_for(image: &str, config_dir: &Path) -> Option<DockerCredentia
             ),
         }
     }
-    Some(DockerCredentials {
+    Some(Credentials {
         username,
         password,
-        serveraddress: Some(key.clone()),
-        identitytoken: entry.identitytoken.clone(),
-        ..Default::default()
+        auth: None,
+        server_address: Some(key.clone()),
+        identity_token: entry.identitytoken.clone(),
     })
 }
 
@@ -138,7 +138,7 @@ mod tests {
             (c.username.as_deref(), c.password.as_deref()),
             (Some("user"), Some("pass"))
         );
-        assert_eq!(c.serveraddress.as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(c.server_address.as_deref(), Some("127.0.0.1:5000"));
         assert_eq!(
             credentials_for("nginx", &dir).unwrap().username.as_deref(),
             Some("hub")

@@ -3,7 +3,7 @@
 //! introspection shapes (`/v1/metadata`, `/v1/tasks`) and Dockhand's own
 //! (`/v1/services`).
 
-use crate::docker::{Health, RunState};
+use crate::engine::{Health, RunState};
 use crate::store::{DesiredStatus, TaskRecord};
 use crate::task::TaskObs;
 use serde_json::{json, Value};
@@ -22,6 +22,10 @@ pub struct Snapshot {
     pub instance_id: String,
     /// `None` until the first reconcile has run.
     pub updated_at: Option<SystemTime>,
+    /// Whether the desired-state source has answered (else tasks are held).
+    pub desired_known: bool,
+    /// The sequence number of the last task state change published.
+    pub last_change: u64,
     pub tasks: Vec<TaskStatus>,
     pub services: Vec<ServiceStatus>,
 }
@@ -65,10 +69,7 @@ impl TaskStatus {
                     .map(|c| ContainerStatus {
                         docker_id: c.id.clone(),
                         docker_name: c.name.clone(),
-                        name: c
-                            .label(crate::docker::label::CONTAINER)
-                            .unwrap_or(&c.name)
-                            .to_string(),
+                        name: c.name_in_task().to_string(),
                         image: c.image.clone(),
                         state: match &c.state {
                             RunState::Created => "CREATED".into(),
@@ -94,7 +95,7 @@ impl TaskStatus {
             })
             .unwrap_or_default();
         TaskStatus {
-            arn: format!("arn:aws:ecs:local:000000000000:task/{cluster}/{id}"),
+            arn: task_arn(cluster, id),
             id: id.to_string(),
             service: rec.service.clone(),
             family: rec.family.clone(),
@@ -128,12 +129,18 @@ pub struct ServiceStatus {
     /// Revision → (running, healthy) tasks.
     pub running_by_revision: BTreeMap<u32, (u32, u32)>,
     pub pending_reason: Option<String>,
-    pub broken_file: bool,
+    /// Why the service's definition is invalid, when it is.
+    pub broken_file: Option<String>,
     pub consecutive_failures: u32,
     /// Set when the circuit breaker rolled a deployment back, with why.
     pub rollout_failed: Option<String>,
     pub total_failures: u64,
     pub events: Vec<Event>,
+}
+
+/// A task's ARN in standalone mode.
+pub fn task_arn(cluster: &str, id: &str) -> String {
+    format!("arn:aws:ecs:local:000000000000:task/{cluster}/{id}")
 }
 
 fn time(t: SystemTime) -> String {
@@ -154,6 +161,7 @@ impl Snapshot {
             "Cluster": self.cluster,
             "ContainerInstanceArn": self.container_instance_arn(),
             "Version": format!("Dockhand v{}", env!("CARGO_PKG_VERSION")),
+            "DesiredStateKnown": self.desired_known,
         })
     }
 
@@ -213,7 +221,8 @@ impl Snapshot {
                         "Status": if Some(*rev) == s.revision { "PRIMARY" } else { "ACTIVE" },
                     })).collect::<Vec<_>>(),
                     "PendingReason": s.pending_reason,
-                    "ServiceFileInvalid": s.broken_file,
+                    "ServiceFileInvalid": s.broken_file.is_some(),
+                    "ServiceFileError": s.broken_file,
                     "ConsecutiveFailures": s.consecutive_failures,
                     "RolloutState": if s.rollout_failed.is_some() { "FAILED" } else if s.running_by_revision.len() > 1 { "IN_PROGRESS" } else { "COMPLETED" },
                     "RolloutStateReason": s.rollout_failed,

@@ -11,7 +11,7 @@
 //! the new state, never a torn one. The state is small (a record per task), so
 //! rewriting it whole is cheaper than running an embedded database.
 
-use crate::taskdef::ServiceSpec;
+use dockhand_model::ServiceSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -158,7 +158,6 @@ impl State {
 /// The state and where it lives.
 #[derive(Debug)]
 pub struct Store {
-    path: PathBuf,
     dir: PathBuf,
     /// Held for the store's life: a second agent on the same directory
     /// would fight this one over the same containers.
@@ -204,7 +203,6 @@ impl Store {
             Err(source) => return Err(StoreError::Read { path, source }),
         };
         let mut store = Store {
-            path,
             dir: dir.to_path_buf(),
             _lock: lock,
             saved: state.clone(),
@@ -224,24 +222,33 @@ impl Store {
     }
 
     fn save_forced(&mut self) -> Result<(), StoreError> {
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let write_err = |source| StoreError::Write {
-            path: self.path.clone(),
-            source,
-        };
         // Serializing plain data with string keys cannot fail.
-        let bytes = serde_json::to_vec_pretty(&self.state).expect("state serializes");
-        let mut f = std::fs::File::create(&tmp).map_err(write_err)?;
-        f.write_all(&bytes).map_err(write_err)?;
-        f.sync_all().map_err(write_err)?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(write_err)?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(write_err)?;
+        let bytes = serde_json::to_vec_pretty(&self.state).unwrap_or_default();
+        write_atomic(&self.dir, STATE_FILE, &bytes)?;
         self.saved = self.state.clone();
         Ok(())
     }
+}
+
+/// Writes `name` in `dir` whole: a temporary file, fsynced, renamed over
+/// the old one, then the directory fsynced. A crash at any point leaves the
+/// old or the new content, never a torn one.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let write_err = |source| StoreError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(write_err)?;
+    f.write_all(bytes).map_err(write_err)?;
+    f.sync_all().map_err(write_err)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(write_err)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err)?;
+    Ok(())
 }
 
 /// `n` random bytes from the kernel, as lowercase hex.

@@ -13,7 +13,8 @@
 //! kept only in memory; desired status is the agent's decision and lives in
 //! the store ([`crate::store::TaskRecord`]).
 
-use crate::docker::{label, Health, Observed, RunState};
+use crate::containers::label;
+use crate::engine::{Health, Observed, RunState};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 

@@ -8,6 +8,7 @@
 //! (WebSocket) connections it carries when its deregistration delay is over.
 
 use crate::health::{HealthCheck, Hysteresis, Transition};
+use crate::sync::lock;
 use crate::ProxyBody;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -20,13 +21,13 @@ use tokio::sync::{watch, Notify};
 /// Idle connections kept per backend; more are closed when returned.
 const MAX_IDLE: usize = 512;
 
-pub struct Backend {
+pub(crate) struct Backend {
     pub task: String,
     pub addr: SocketAddr,
     routable: AtomicBool,
     in_flight: AtomicUsize,
     upgraded: AtomicUsize,
-    pub(crate) state: Mutex<CheckState>,
+    state: Mutex<CheckState>,
     idle: Mutex<Vec<SendRequest<ProxyBody>>>,
     /// Notified whenever in-flight or upgraded counts drop.
     quiet: Notify,
@@ -34,7 +35,7 @@ pub struct Backend {
     pub(crate) checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-pub(crate) struct CheckState {
+struct CheckState {
     pub hysteresis: Hysteresis,
     pub draining: bool,
     pub grace_until: Instant,
@@ -100,6 +101,13 @@ impl Backend {
         let t = s.hysteresis.record(result.is_ok(), check);
         self.refresh_routable(&s);
         t
+    }
+
+    /// Time left in the grace period.
+    pub(crate) fn grace_left(&self) -> Duration {
+        lock(&self.state)
+            .grace_until
+            .saturating_duration_since(Instant::now())
     }
 
     /// Re-evaluates routability (the grace period may have ended).
@@ -228,10 +236,4 @@ impl Drop for Upgraded {
         self.0.upgraded.fetch_sub(1, Ordering::AcqRel);
         self.0.quiet.notify_waiters();
     }
-}
-
-/// Locks a mutex, recovering from poisoning: every critical section here
-/// leaves the data consistent, so a panic elsewhere cannot corrupt it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

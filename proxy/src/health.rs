@@ -9,9 +9,17 @@
 //! backend out at once ([`Hysteresis::eject`]); it comes back only through
 //! active checks.
 
+use crate::backend::Backend;
+use crate::route::Route;
+use crate::Inner;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A route's health check (ALB target-group fields).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,28 +32,22 @@ pub struct HealthCheck {
     pub matcher: Matcher,
 }
 
-/// Dockhand's defaults: close to HAProxy's (`inter 2s rise 2 fall 3`) so a
-/// new task serves within seconds, unlike ALB's 5 × 30 s.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
-pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
-
+/// HAProxy-like defaults for a proxy used on its own; the agent always
+/// passes every value (the product's defaults live in the model).
 impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
             path: "/".into(),
-            interval: DEFAULT_INTERVAL,
-            timeout: DEFAULT_TIMEOUT,
-            healthy_threshold: DEFAULT_HEALTHY_THRESHOLD,
-            unhealthy_threshold: DEFAULT_UNHEALTHY_THRESHOLD,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
             matcher: Matcher::default(),
         }
     }
 }
 
-/// Which status codes pass: ALB's `matcher` syntax, `200`, `200,204` or
-/// `200-399`, and combinations.
+/// Which status codes pass: inclusive ranges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matcher(Vec<(u16, u16)>);
 
@@ -56,22 +58,10 @@ impl Default for Matcher {
 }
 
 impl Matcher {
-    pub fn parse(s: &str) -> Result<Matcher, String> {
-        let bad = || format!("expected codes like 200, 200,204 or 200-399 (100-599), got {s:?}");
-        let mut ranges = Vec::new();
-        for part in s.split(',').map(str::trim) {
-            let (lo, hi) = match part.split_once('-') {
-                Some((a, b)) => (a.trim(), b.trim()),
-                None => (part, part),
-            };
-            let lo: u16 = lo.parse().map_err(|_| bad())?;
-            let hi: u16 = hi.parse().map_err(|_| bad())?;
-            if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-                return Err(bad());
-            }
-            ranges.push((lo, hi));
-        }
-        Ok(Matcher(ranges))
+    /// Passing codes as inclusive ranges (the agent parses ALB's `matcher`
+    /// syntax).
+    pub fn from_ranges(ranges: Vec<(u16, u16)>) -> Matcher {
+        Matcher(ranges)
     }
 
     pub fn matches(&self, code: u16) -> bool {
@@ -81,7 +71,7 @@ impl Matcher {
 
 /// The state of one backend's checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hysteresis {
+pub(crate) struct Hysteresis {
     healthy: bool,
     passes: u32,
     failures: u32,
@@ -91,7 +81,7 @@ pub struct Hysteresis {
 
 /// A state change worth reporting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     BecameHealthy,
     BecameUnhealthy,
 }
@@ -144,41 +134,75 @@ impl Hysteresis {
     }
 }
 
+/// Checks one backend for as long as it is registered: a probe every
+/// interval, each result through the backend's hysteresis, transitions
+/// reported to the agent. Aborted when the backend is removed.
+pub(crate) async fn check_loop(inner: Arc<Inner>, route: Arc<Route>, b: Arc<Backend>) {
+    loop {
+        let check = route.spec().check;
+        let result = probe(b.addr, &check).await;
+        let t = b.record(&result, &check);
+        let reason = match &result {
+            Ok(()) => format!("{} passed {} check(s)", check.path, check.healthy_threshold),
+            Err(e) => e.clone(),
+        };
+        inner.report(&route, &b, t, &reason);
+        let interval = check.interval;
+        // Wake at the end of the grace period too, to start routing.
+        let grace_left = b.grace_left();
+        if !grace_left.is_zero() && grace_left < interval {
+            tokio::time::sleep(grace_left).await;
+            b.tick();
+            tokio::time::sleep(interval - grace_left).await;
+        } else {
+            tokio::time::sleep(interval).await;
+        }
+        b.tick();
+    }
+}
+
 /// Runs one check: `GET path` on a new connection, within the timeout.
 /// `Ok(())` when the status matches; otherwise a reason an operator reads
 /// (`/health returned 500`, `timeout after 2s`, `connection refused`).
+///
+/// The request is built with hyper's client from a parsed URI, never by
+/// pasting the path into text: a path that is not a valid request target
+/// fails the check instead of reaching the task.
 pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    let uri: Uri = check
+        .path
+        .parse()
+        .ok()
+        .filter(|u: &Uri| {
+            u.scheme().is_none() && u.authority().is_none() && check.path.starts_with('/')
+        })
+        .ok_or_else(|| format!("{:?} is not a request path", check.path))?;
     let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
+        let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| describe_io(&e))?;
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: dockhand-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-            check.path
-        );
-        stream
-            .write_all(request.as_bytes())
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| describe_io(&e))?;
-        // The status line is all a check needs.
-        let mut buf = [0u8; 64];
-        let mut len = 0;
-        while len < 12 {
-            let n = stream
-                .read(&mut buf[len..])
-                .await
-                .map_err(|e| describe_io(&e))?;
-            if n == 0 {
-                return Err("connection closed before a status line".to_string());
-            }
-            len += n;
-        }
-        let line = std::str::from_utf8(&buf[..len]).unwrap_or("");
-        let code = line
-            .strip_prefix("HTTP/1.")
-            .and_then(|rest| rest.get(2..5))
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| "answer is not HTTP/1.x".to_string())?;
+            .map_err(|e| e.to_string())?;
+        let request = Request::get(uri)
+            .header(HOST, addr.to_string())
+            .header(USER_AGENT, "dockhand-health-check")
+            .header(ACCEPT, "*/*")
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        // The connection runs beside the request; the status line is all a
+        // check needs, and the connection is closed (aborted) as soon as the
+        // head has arrived or the check gives up.
+        let conn = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| describe_hyper(&e))?;
+        drop(conn);
+        let code = response.status().as_u16();
         if check.matcher.matches(code) {
             Ok(())
         } else {
@@ -188,6 +212,34 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> 
     match tokio::time::timeout(check.timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(format!("timeout after {}", human(check.timeout))),
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A hyper error as a reason: the I/O cause when there is one.
+fn describe_hyper(e: &hyper::Error) -> String {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return describe_io(io);
+        }
+        source = s.source();
+    }
+    if e.is_incomplete_message() || e.is_canceled() {
+        "connection closed before a status line".to_string()
+    } else if e.is_parse() {
+        "answer is not HTTP/1.x".to_string()
+    } else {
+        e.to_string()
     }
 }
 
@@ -210,16 +262,6 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn matcher_syntax() {
-        let m = Matcher::parse("200-299, 301,404").unwrap();
-        assert!(m.matches(200) && m.matches(299) && m.matches(301) && m.matches(404));
-        assert!(!m.matches(300) && !m.matches(500));
-        for bad in ["", "abc", "99", "600", "300-200", "200-"] {
-            assert!(Matcher::parse(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn new_backends_need_the_healthy_threshold_and_fall_after_unhealthy_threshold() {
@@ -258,6 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn probe_reports_status_refused_and_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio::net::TcpListener;
         let check = HealthCheck {
             path: "/health".into(),
@@ -301,5 +344,29 @@ mod tests {
             probe(silent_addr, &check).await,
             Err("timeout after 300ms".into())
         );
+    }
+
+    #[tokio::test]
+    async fn a_path_that_is_not_a_request_target_never_reaches_the_task() {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let Ok(Ok((mut s, _))) =
+                tokio::time::timeout(Duration::from_millis(300), l.accept()).await
+            else {
+                return Vec::new();
+            };
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_millis(300), s.read_to_end(&mut buf)).await;
+            buf
+        });
+        let check = HealthCheck {
+            path: "/a HTTP/1.1\r\nHost: x\r\n\r\nPOST /admin".into(),
+            ..HealthCheck::default()
+        };
+        let r = probe(addr, &check).await;
+        assert!(r.unwrap_err().contains("is not a request path"));
+        assert!(seen.await.unwrap().is_empty(), "nothing was sent");
     }
 }

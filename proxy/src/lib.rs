@@ -20,23 +20,26 @@
 //! ([`Proxy::add_backend`]), reads health back ([`Proxy::task_health`]), and
 //! before stopping a task calls [`Proxy::drain`].
 
-pub mod backend;
-pub mod forward;
-pub mod health;
-pub mod route;
-pub mod server;
+mod backend;
+mod forward;
+mod health;
+mod route;
+mod server;
+mod sync;
 
 use backend::Backend;
 use bytes::Bytes;
 use health::Transition;
-use route::{read, write, Route, RouteSpec, Table};
+use route::{Route, Table};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use sync::{lock, read, write};
 use tokio::sync::mpsc;
 
-pub use route::Algorithm;
+pub use health::{HealthCheck, Matcher};
+pub use route::{Algorithm, RouteSpec};
 
 /// The body type on both sides of the proxy: streamed, never buffered whole.
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -104,7 +107,7 @@ impl Inner {
         *write(&self.table) = Arc::new(t);
     }
 
-    fn report(&self, route: &Route, b: &Backend, t: Option<Transition>, reason: &str) {
+    pub(crate) fn report(&self, route: &Route, b: &Backend, t: Option<Transition>, reason: &str) {
         if let Some(t) = t {
             let healthy = t == Transition::BecameHealthy;
             if healthy {
@@ -151,7 +154,7 @@ impl Proxy {
     /// routes keep their backends and health state; removed ones stop
     /// their checks.
     pub fn set_routes(&self, service: &str, specs: Vec<RouteSpec>) {
-        let mut routes = backend::lock(&self.inner.routes);
+        let mut routes = lock(&self.inner.routes);
         let before: Vec<(String, usize)> =
             routes.keys().filter(|k| k.0 == service).cloned().collect();
         let mut changed = false;
@@ -166,7 +169,7 @@ impl Proxy {
                 None => {
                     routes.insert(
                         (service.to_string(), i),
-                        Arc::new(Route::new(service, i, spec.clone())),
+                        Arc::new(Route::new(service, spec.clone())),
                     );
                     changed = true;
                 }
@@ -200,7 +203,7 @@ impl Proxy {
         adopted: bool,
     ) {
         let route = {
-            let routes = backend::lock(&self.inner.routes);
+            let routes = lock(&self.inner.routes);
             match routes.get(&(service.to_string(), index)) {
                 Some(r) => Arc::clone(r),
                 None => return,
@@ -222,42 +225,17 @@ impl Proxy {
         let b = Arc::new(Backend::new(task.to_string(), addr, rise, grace));
         write(&route.backends).push(Arc::clone(&b));
         tracing::debug!(service, task, %addr, "backend registered");
-        let inner = Arc::clone(&self.inner);
-        let checker_backend = Arc::clone(&b);
-        let handle = tokio::spawn(async move {
-            let b = checker_backend;
-            loop {
-                let check = route.spec().check;
-                let result = health::probe(b.addr, &check).await;
-                let t = b.record(&result, &check);
-                let reason = match &result {
-                    Ok(()) => format!("{} passed {} check(s)", check.path, check.healthy_threshold),
-                    Err(e) => e.clone(),
-                };
-                inner.report(&route, &b, t, &reason);
-                let interval = check.interval;
-                // Wake at the end of the grace period too, to start routing.
-                let grace_left = {
-                    let s = backend::lock(&b.state);
-                    s.grace_until
-                        .saturating_duration_since(std::time::Instant::now())
-                };
-                if !grace_left.is_zero() && grace_left < interval {
-                    tokio::time::sleep(grace_left).await;
-                    b.tick();
-                    tokio::time::sleep(interval - grace_left).await;
-                } else {
-                    tokio::time::sleep(interval).await;
-                }
-                b.tick();
-            }
-        });
-        *backend::lock(&b.checker) = Some(handle);
+        let handle = tokio::spawn(health::check_loop(
+            Arc::clone(&self.inner),
+            route,
+            Arc::clone(&b),
+        ));
+        *lock(&b.checker) = Some(handle);
     }
 
     /// Every backend of `task`, on every route.
     fn backends_of(&self, task: &str) -> Vec<(Arc<Route>, Arc<Backend>)> {
-        let routes = backend::lock(&self.inner.routes);
+        let routes = lock(&self.inner.routes);
         let mut out = Vec::new();
         for r in routes.values() {
             for b in read(&r.backends).iter() {
@@ -289,7 +267,7 @@ impl Proxy {
 
     /// Whether every backend registered so far has been checked once.
     pub fn all_checked_once(&self) -> bool {
-        let routes = backend::lock(&self.inner.routes);
+        let routes = lock(&self.inner.routes);
         routes
             .values()
             .all(|r| read(&r.backends).iter().all(|b| b.checks_done() > 0))
@@ -327,7 +305,7 @@ impl Proxy {
 
     /// Requests routed to `service` so far, over all its routes.
     pub fn requests(&self, service: &str) -> u64 {
-        let routes = backend::lock(&self.inner.routes);
+        let routes = lock(&self.inner.routes);
         routes
             .iter()
             .filter(|(k, _)| k.0 == service)
@@ -335,13 +313,11 @@ impl Proxy {
             .sum()
     }
 
-    /// Serves on `listeners` until `shutdown`, then stops accepting and
-    /// gives in-flight requests the shutdown grace period.
-    pub async fn serve(
-        &self,
-        listeners: Vec<tokio::net::TcpListener>,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) {
+    /// Serves on `listeners` until `shutdown` is signaled, then stops
+    /// accepting; each open connection finishes its in-flight request
+    /// (within the shutdown grace period) and releases its clone of the
+    /// watch, so the signaler's drain completes when the last is done.
+    pub async fn serve(&self, listeners: Vec<tokio::net::TcpListener>, shutdown: drain::Watch) {
         server::serve(Arc::clone(&self.inner), listeners, shutdown).await
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::backend::Backend;
 use crate::health::HealthCheck;
+use crate::sync::read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -48,10 +49,8 @@ impl Default for RouteSpec {
     }
 }
 
-pub struct Route {
+pub(crate) struct Route {
     pub service: String,
-    /// Position among the service's `loadBalancers`.
-    pub index: usize,
     pub(crate) spec: RwLock<RouteSpec>,
     pub(crate) backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
@@ -60,10 +59,9 @@ pub struct Route {
 }
 
 impl Route {
-    pub(crate) fn new(service: &str, index: usize, spec: RouteSpec) -> Route {
+    pub(crate) fn new(service: &str, spec: RouteSpec) -> Route {
         Route {
             service: service.to_string(),
-            index,
             spec: RwLock::new(spec),
             backends: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
@@ -129,7 +127,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// their specs: a request takes no lock to find its route. Replaced whole on
 /// every change, so a request sees one consistent table.
 #[derive(Default)]
-pub struct Table {
+pub(crate) struct Table {
     entries: Vec<Entry>,
 }
 
@@ -144,7 +142,7 @@ struct Entry {
 }
 
 /// A matched route and how to pick among its backends.
-pub struct Matched<'a> {
+pub(crate) struct Matched<'a> {
     pub route: &'a Arc<Route>,
     pub algorithm: Algorithm,
 }
@@ -202,14 +200,6 @@ impl Table {
     }
 }
 
-pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,7 +207,6 @@ mod tests {
     fn route(service: &str, hosts: &[&str], prefix: &str) -> Arc<Route> {
         Arc::new(Route::new(
             service,
-            0,
             RouteSpec {
                 hosts: hosts.iter().map(|h| h.to_string()).collect(),
                 path_prefix: prefix.into(),

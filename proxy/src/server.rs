@@ -12,21 +12,26 @@
 use crate::forward::{self, ClientInfo};
 use crate::Inner;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 /// On shutdown, how long a keep-alive connection may take to send one more
 /// request (answered with `Connection: close`) before it is closed idle.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Serves until `shutdown` is signaled. The accept loops end at once; each
+/// open connection holds a clone of the watch until it has finished, so
+/// whoever signaled learns when the last one is done.
 pub(crate) async fn serve(
     inner: Arc<Inner>,
     listeners: Vec<tokio::net::TcpListener>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: drain::Watch,
 ) {
     let max = inner.settings.max_connections.max(1);
     let permits = Arc::new(Semaphore::new(max));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Set once shutdown is signaled; answers then carry `Connection: close`.
+    let closing = Arc::new(AtomicBool::new(false));
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
@@ -36,46 +41,42 @@ pub(crate) async fn serve(
             Arc::clone(&inner),
             listener,
             Arc::clone(&permits),
-            stop_rx.clone(),
+            Arc::clone(&closing),
+            shutdown.clone(),
         ));
     }
-    shutdown.await;
-    let _ = stop_tx.send(true);
+    drop(shutdown);
     // Listeners close as their loops end.
     while accept_loops.join_next().await.is_some() {}
-    let grace = inner.settings.shutdown_grace;
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let finished = tokio::time::timeout(grace, permits.acquire_many(all)).await;
-    match finished {
-        Ok(_) => tracing::info!("proxy: every connection finished"),
-        Err(_) => tracing::warn!(
-            open = max - permits.available_permits(),
-            "proxy: shutdown grace period over; dropping the connections left"
-        ),
-    };
-}
-
-/// Resolves once the stop flag is set.
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 async fn accept_loop(
     inner: Arc<Inner>,
     listener: tokio::net::TcpListener,
     permits: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    closing: Arc<AtomicBool>,
+    shutdown: drain::Watch,
 ) {
+    let signaled = shutdown.clone().signaled();
+    tokio::pin!(signaled);
     loop {
         let permit = tokio::select! {
-            _ = stopped(&mut stop) => return,
+            release = &mut signaled => {
+                closing.store(true, Ordering::Release);
+                drop(release);
+                return;
+            }
             p = Arc::clone(&permits).acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
         };
         let (stream, peer) = tokio::select! {
-            _ = stopped(&mut stop) => return,
+            release = &mut signaled => {
+                closing.store(true, Ordering::Release);
+                drop(release);
+                return;
+            }
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -90,14 +91,14 @@ async fn accept_loop(
         let local = stream.local_addr().unwrap_or(peer);
         let client = ClientInfo { peer, local };
         let inner = Arc::clone(&inner);
-        let mut stop = stop.clone();
+        let watch = shutdown.clone();
+        let closing = Arc::clone(&closing);
         tokio::spawn(async move {
             let _permit = permit;
             let settings = inner.settings.clone();
-            let closing = stop.clone();
             let service = hyper::service::service_fn(move |req| {
                 let inner = Arc::clone(&inner);
-                let closing = *closing.borrow();
+                let closing = closing.load(Ordering::Acquire);
                 async move {
                     let mut resp = forward::handle(inner, client, req).await;
                     if closing {
@@ -127,20 +128,24 @@ async fn accept_loop(
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(conn);
+            // Held until this connection is done: shutdown waits for it.
+            let signaled = watch.signaled();
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(cause = %e, %peer, "client connection ended with an error");
                     }
                 }
-                _ = stopped(&mut stop) => {
+                release = signaled => {
                     // First let busy clients get one more answer with
                     // `Connection: close`; then close what is still idle.
                     let linger = settings.shutdown_grace.min(CLOSE_LINGER);
                     if tokio::time::timeout(linger, conn.as_mut()).await.is_err() {
                         conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(settings.shutdown_grace - linger, conn).await;
+                        let rest = settings.shutdown_grace.saturating_sub(linger);
+                        let _ = tokio::time::timeout(rest, conn).await;
                     }
+                    drop(release);
                 }
             }
         });

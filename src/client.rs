@@ -4,7 +4,7 @@
 //! The API is plain HTTP/1.1 on loopback; a tiny blocking client is enough
 //! and keeps these commands free of an async runtime.
 
-use crate::taskdef::ServiceSpec;
+use dockhand_model::ServiceSpec;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -92,9 +92,12 @@ pub fn render_status(services: &Value, tasks: &Value) -> String {
             .map_or("-".to_string(), |r| r.to_string());
         let mut why = Vec::new();
         if s["ServiceFileInvalid"] == true {
-            why.push(
-                "service file invalid (see the agent log); last good version kept".to_string(),
-            );
+            why.push(format!(
+                "service file invalid, last good version kept: {}",
+                s["ServiceFileError"]
+                    .as_str()
+                    .unwrap_or("see the agent log")
+            ));
         }
         if let Some(r) = s["RolloutStateReason"].as_str() {
             why.push(r.to_string());
