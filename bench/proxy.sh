@@ -28,7 +28,9 @@ backend=$(free_port); api=$(free_port); dh=$(free_port); ng=$(free_port); hp=$(f
 pids=()
 finish() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Only the processes started here: a bare `wait` would also wait for the
+  # private dockerd that ensure_docker may have started, for ever.
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   remove_bench_containers
   rm -rf "$work"
   stop_private_dockerd

@@ -26,8 +26,12 @@ work=$(mktemp -d /tmp/dockhand-bench.XXXXXX)
 api=$(free_port); proxy=$(free_port)
 holder=""
 finish() {
-  [ -z "$holder" ] || { pkill -TERM -P "$holder" 2>/dev/null || true; kill "$holder" 2>/dev/null || true; }
-  wait 2>/dev/null || true
+  if [ -n "$holder" ]; then
+    pkill -TERM -P "$holder" 2>/dev/null || true
+    kill "$holder" 2>/dev/null || true
+    # This pid only: a bare `wait` would also wait for a private dockerd.
+    wait "$holder" 2>/dev/null || true
+  fi
   remove_bench_containers
   cp "$work/agent.log" "${TMPDIR:-/tmp}/dockhand-bench-rollout-agent.log" 2>/dev/null || true
   rm -rf "$work"

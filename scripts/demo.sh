@@ -27,10 +27,14 @@ CONF
 
 agent_pid=""
 finish() {
-  [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null
+  if [ -n "$agent_pid" ]; then
+    kill "$agent_pid" 2>/dev/null || true
+    # This pid only: a bare `wait` would also wait for a private dockerd.
+    wait "$agent_pid" 2>/dev/null || true
+  fi
   # The agent leaves containers running by design; the demo removes its own.
   ids=$(docker ps -aq --filter label=com.amazonaws.ecs.cluster=demo --filter label=dockhand.service=hello-world-service)
-  [ -n "$ids" ] && docker rm -f $ids >/dev/null
+  if [ -n "$ids" ]; then docker rm -f $ids >/dev/null || true; fi
   rm -rf "$work"
   stop_private_dockerd
 }
@@ -64,7 +68,10 @@ for _ in 1 2 3; do
 done
 log "dockhand status"
 target/debug/dockhand status --config "$work/ecs.config"
-log "GET /v1/services"
-curl -s "http://127.0.0.1:$api_port/v1/services" | python3 -m json.tool | head -40
+log "GET /v1/services (first 40 lines)"
+# Whole to a file first: `json.tool | head` would end in a broken pipe.
+curl -s "http://127.0.0.1:$api_port/v1/services" | python3 -m json.tool >"$work/services.json"
+head -40 "$work/services.json"
 log "agent log"
 cat "$work/agent.log"
+log "demo done; stopping the agent and removing its containers"

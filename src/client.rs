@@ -66,6 +66,12 @@ fn str_of(v: &Value) -> &str {
 /// right, why.
 pub fn render_status(services: &Value, tasks: &Value) -> String {
     let mut out = String::new();
+    for w in services["Warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("warning: {}\n", str_of(w)));
+    }
+    if services["DesiredStateKnown"] == false {
+        out.push_str("desired state unknown (services directory missing, or control endpoint not answering): every task is held as it is\n");
+    }
     let list = services["Services"].as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         out.push_str("no services (add service files to DOCKHAND_SERVICES_DIR)\n");

@@ -75,9 +75,14 @@ impl Engine {
     }
 
     fn stop(&mut self) {
+        self.signal("TERM");
+    }
+
+    /// Sends `signal` to dockerd and waits for it to exit.
+    fn signal(&mut self, signal: &str) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
+                .args([&format!("-{signal}"), &c.id().to_string()])
                 .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
@@ -115,12 +120,12 @@ impl Drop for Engine {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_agent_recovers_when_the_docker_engine_restarts() {
-    let dir = PathBuf::from(format!("/tmp/dh-engine-{}", std::process::id()));
+/// A private engine with its own bridge, holding the test image.
+fn private_engine(tag: &str) -> Engine {
+    let dir = PathBuf::from(format!("/tmp/dh-engine-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // A bridge of its own, which the private engine configures.
-    let bridge = format!("dhtest{}", std::process::id() % 100_000);
+    let bridge = format!("dh{tag}{}", std::process::id() % 100_000);
     let made = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -150,7 +155,12 @@ async fn the_agent_recovers_when_the_docker_engine_restarts() {
         "{}",
         String::from_utf8_lossy(&load.stderr)
     );
+    engine
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_recovers_when_the_docker_engine_restarts() {
+    let mut engine = private_engine("r");
     let docker = bollard::Docker::connect_with_host(&engine.socket())
         .unwrap()
         .negotiate_version()
@@ -216,8 +226,12 @@ async fn the_agent_recovers_when_the_docker_engine_restarts() {
         restarted.elapsed().as_millis()
     );
     assert_ne!(after, before);
-    let s = agent.service("survivor").unwrap();
-    assert_eq!(s["RunningCount"], 1);
+    wait_for(
+        Duration::from_secs(10),
+        "the agent counting it running",
+        || async { agent.service("survivor").filter(|s| s["RunningCount"] == 1) },
+    )
+    .await;
     let log = agent.log();
     assert!(
         log.contains("Docker event stream") || log.contains("cannot observe containers"),
@@ -229,6 +243,88 @@ async fn the_agent_recovers_when_the_docker_engine_restarts() {
     let _ = Command::new("docker")
         .args(["-H", &engine.socket(), "rm", "-f"])
         .args(&after)
+        .stdout(Stdio::null())
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_converges_when_the_engine_is_killed_in_its_middle() {
+    let mut engine = private_engine("k");
+    let docker = bollard::Docker::connect_with_host(&engine.socket())
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap();
+    let list = |docker: bollard::Docker| async move {
+        let filters: HashMap<&str, Vec<String>> =
+            HashMap::from([("label", vec!["dockhand.service=roll".to_string()])]);
+        docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .unwrap_or_default()
+    };
+    let mut agent = Agent::new(
+        "engine-kill",
+        &[&format!("DOCKER_HOST={}", engine.socket())],
+    );
+    agent.start();
+    agent.write_service(support::routed_service("roll", 3, &[("V", "1")], 1));
+    wait_for(Duration::from_secs(60), "3 healthy", || async {
+        agent.service("roll").filter(|s| s["HealthyCount"] == 3)
+    })
+    .await;
+    // A rollout begins; the engine is killed in its middle and comes back.
+    agent.write_service(support::routed_service("roll", 3, &[("V", "2")], 1));
+    wait_for(Duration::from_secs(30), "the rollout under way", || async {
+        agent
+            .service("roll")
+            .filter(|s| s["Deployments"].as_array().is_some_and(|d| d.len() > 1))
+    })
+    .await;
+    engine.signal("KILL");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    engine.start();
+    let done = wait_for(
+        Duration::from_secs(120),
+        "3 healthy tasks of revision 2",
+        || async {
+            let s = agent.service("roll")?;
+            let cs = list(docker.clone()).await;
+            let running: Vec<_> = cs
+                .iter()
+                .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+                .collect();
+            let ok = s["HealthyCount"] == 3
+                && running.len() == 3
+                && running.iter().all(|c| {
+                    c.labels.as_ref().and_then(|l| l.get("dockhand.revision"))
+                        == Some(&"2".to_string())
+                });
+            ok.then_some(cs)
+        },
+    )
+    .await;
+    // No duplicate task, nothing left half-created.
+    let tasks: std::collections::BTreeSet<String> = done
+        .iter()
+        .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+        .filter_map(|c| c.labels.as_ref()?.get("dockhand.task").cloned())
+        .collect();
+    assert_eq!(tasks.len(), 3);
+    assert!(
+        done.iter()
+            .all(|c| c.state != Some(bollard::models::ContainerSummaryStateEnum::CREATED)),
+        "no container left created and never started"
+    );
+    let ids: Vec<String> = done.iter().filter_map(|c| c.id.clone()).collect();
+    let _ = Command::new("docker")
+        .args(["-H", &engine.socket(), "rm", "-f"])
+        .args(&ids)
         .stdout(Stdio::null())
         .status();
 }

@@ -97,7 +97,7 @@ fn handle(req: &Request<Incoming>, state: &ApiState) -> Response<Full<Bytes>> {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(
                 &snapshot,
-                |svc| state.proxy.requests(svc),
+                &state.proxy,
             ))));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

@@ -26,6 +26,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/ecs/ecs.config";
 /// retried in a loop.
 pub const EXIT_CONFIG: u8 = 78;
 
+/// A config file larger than this is refused (they are a few hundred bytes).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// How `ECS_IMAGE_PULL_BEHAVIOR` decides whether to pull (ECS semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullBehavior {
@@ -244,11 +247,9 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         name: "ECS_RESERVED_MEMORY",
         default: "0",
-        meaning: "MiB of host memory withheld from tasks",
+        meaning: "MiB of host memory withheld from tasks (0-16777216)",
         apply: |c, v| {
-            c.reserved_memory_mib = v
-                .parse()
-                .map_err(|_| format!("expected a whole number of MiB, got {v:?}"))?;
+            c.reserved_memory_mib = bounded(v, 0, 16 * 1024 * 1024)? as u64;
             Ok(())
         },
     },
@@ -281,18 +282,18 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         name: "ECS_CONTAINER_STOP_TIMEOUT",
         default: "30s",
-        meaning: "SIGTERM to SIGKILL, for containers that set no stopTimeout",
+        meaning: "SIGTERM to SIGKILL, for containers that set no stopTimeout (0s-24h)",
         apply: |c, v| {
-            c.container_stop_timeout = parse_duration(v)?;
+            c.container_stop_timeout = duration_in(v, ZERO, DAY)?;
             Ok(())
         },
     },
     KeySpec {
         name: "ECS_CONTAINER_START_TIMEOUT",
         default: "3m",
-        meaning: "how long a container may take to start before its task is failed",
+        meaning: "how long a container may take to start before its task is failed (1s-24h)",
         apply: |c, v| {
-            c.container_start_timeout = parse_duration(v)?;
+            c.container_start_timeout = duration_in(v, SECOND, DAY)?;
             Ok(())
         },
     },
@@ -318,18 +319,18 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         name: "ECS_IMAGE_PULL_TIMEOUT",
         default: "2h",
-        meaning: "a pull taking longer fails (its task does not start)",
+        meaning: "a pull taking longer fails (its task does not start) (1s-24h)",
         apply: |c, v| {
-            c.image_pull_timeout = positive_duration(v)?;
+            c.image_pull_timeout = duration_in(v, SECOND, DAY)?;
             Ok(())
         },
     },
     KeySpec {
         name: "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION",
         default: "1h",
-        meaning: "stopped task containers are removed after this",
+        meaning: "stopped task containers are removed after this (0s-30d, as 720h)",
         apply: |c, v| {
-            c.task_cleanup_wait = parse_duration(v)?;
+            c.task_cleanup_wait = duration_in(v, ZERO, 30 * DAY)?;
             Ok(())
         },
     },
@@ -345,18 +346,18 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         name: "ECS_IMAGE_CLEANUP_INTERVAL",
         default: "30m",
-        meaning: "how often unused images are looked for",
+        meaning: "how often unused images are looked for (1s-7d, as 168h)",
         apply: |c, v| {
-            c.image_cleanup.interval = positive_duration(v)?;
+            c.image_cleanup.interval = duration_in(v, SECOND, 7 * DAY)?;
             Ok(())
         },
     },
     KeySpec {
         name: "ECS_IMAGE_MINIMUM_CLEANUP_AGE",
         default: "1h",
-        meaning: "an image unused for less than this is kept",
+        meaning: "an image unused for less than this is kept (0s-365d, as 8760h)",
         apply: |c, v| {
-            c.image_cleanup.minimum_age = parse_duration(v)?;
+            c.image_cleanup.minimum_age = duration_in(v, ZERO, 365 * DAY)?;
             Ok(())
         },
     },
@@ -452,27 +453,27 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         name: "DOCKHAND_PROXY_CONNECT_TIMEOUT",
         default: "5s",
-        meaning: "proxy: connecting to a task",
+        meaning: "proxy: connecting to a task (1ms-5m)",
         apply: |c, v| {
-            c.proxy.connect_timeout = positive_duration(v)?;
+            c.proxy.connect_timeout = duration_in(v, MILLI, 5 * MINUTE)?;
             Ok(())
         },
     },
     KeySpec {
         name: "DOCKHAND_PROXY_RESPONSE_TIMEOUT",
         default: "60s",
-        meaning: "proxy: from request sent to response headers (504 after)",
+        meaning: "proxy: from request sent to response headers, 504 after (1ms-24h)",
         apply: |c, v| {
-            c.proxy.response_timeout = positive_duration(v)?;
+            c.proxy.response_timeout = duration_in(v, MILLI, DAY)?;
             Ok(())
         },
     },
     KeySpec {
         name: "DOCKHAND_PROXY_IDLE_TIMEOUT",
         default: "60s",
-        meaning: "proxy: an idle client keep-alive connection is closed after this; also the time a client has to send its headers",
+        meaning: "proxy: an idle client keep-alive connection is closed after this; also the time a client has to send its headers (1ms-24h)",
         apply: |c, v| {
-            c.proxy.idle_timeout = positive_duration(v)?;
+            c.proxy.idle_timeout = duration_in(v, MILLI, DAY)?;
             Ok(())
         },
     },
@@ -497,7 +498,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         name: "DOCKHAND_PROXY_MAX_CONNECTIONS",
         default: "10000",
-        meaning: "proxy: open client connections; more wait in the listen backlog",
+        meaning: "proxy: open client connections; more wait in the listen backlog (lowered at start to fit the open-file limit)",
         apply: |c, v| {
             c.proxy.max_connections = bounded(v, 1, 1_000_000)?;
             Ok(())
@@ -506,9 +507,18 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         name: "DOCKHAND_PROXY_SHUTDOWN_GRACE",
         default: "30s",
-        meaning: "proxy: on SIGTERM, how long in-flight requests get to finish",
+        meaning: "proxy: on SIGTERM, how long in-flight requests get to finish (0s-1h)",
         apply: |c, v| {
-            c.proxy.shutdown_grace = parse_duration(v)?;
+            c.proxy.shutdown_grace = duration_in(v, ZERO, HOUR)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_MAX_CONNECTIONS_PER_CLIENT",
+        default: "1000",
+        meaning: "proxy: open connections from one client IP address; more are closed at once, so one client cannot lock the others out",
+        apply: |c, v| {
+            c.proxy.max_connections_per_client = bounded(v, 1, 1_000_000)?;
             Ok(())
         },
     },
@@ -567,9 +577,13 @@ impl Config {
         required: bool,
         env: &BTreeMap<String, String>,
     ) -> Result<Loaded, ConfigErrors> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match crate::files::read_regular(path, MAX_CONFIG_BYTES) {
             Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => None,
+            Err(crate::files::ReadError::Io(e))
+                if e.kind() == std::io::ErrorKind::NotFound && !required =>
+            {
+                None
+            }
             Err(e) => {
                 return Err(ConfigErrors(vec![ConfigError {
                     source: Source::File {
@@ -745,10 +759,23 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
-fn positive_duration(v: &str) -> Result<Duration, String> {
+const ZERO: Duration = Duration::ZERO;
+const MILLI: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A duration within its documented range: every duration is added to
+/// clocks and deadlines, so an unbounded one would overflow them.
+fn duration_in(v: &str, lo: Duration, hi: Duration) -> Result<Duration, String> {
     let d = parse_duration(v)?;
-    if d.is_zero() {
-        Err("must be more than zero".into())
+    if d < lo || d > hi {
+        Err(format!(
+            "must be {}-{}, got {v:?}",
+            humantime::format_duration(lo),
+            humantime::format_duration(hi)
+        ))
     } else {
         Ok(d)
     }
@@ -795,7 +822,8 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         if digits == 0 {
             return Err(bad());
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let too_big = || format!("{v:?} is too large");
+        let n: u64 = rest[..digits].parse().map_err(|_| too_big())?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -803,11 +831,11 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_big)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_big)?),
             _ => return Err(bad()),
         };
-        total = total.saturating_add(part);
+        total = total.checked_add(part).ok_or_else(too_big)?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -939,9 +967,54 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(10800)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        for bad in ["", "s", "30", "1.5s", "-1s", "10d"] {
+        for bad in [
+            "",
+            "s",
+            "30",
+            "1.5s",
+            "-1s",
+            "10d",
+            "18446744073709551616s",
+            "5124095576030432h",
+            "18446744073709551615s1s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} must be rejected");
         }
+    }
+
+    #[test]
+    fn every_duration_and_size_key_has_a_range() {
+        // Values that used to pass and then overflow a clock at run time.
+        for key in [
+            "ECS_CONTAINER_STOP_TIMEOUT",
+            "ECS_CONTAINER_START_TIMEOUT",
+            "ECS_IMAGE_PULL_TIMEOUT",
+            "ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION",
+            "ECS_IMAGE_CLEANUP_INTERVAL",
+            "ECS_IMAGE_MINIMUM_CLEANUP_AGE",
+            "DOCKHAND_PROXY_CONNECT_TIMEOUT",
+            "DOCKHAND_PROXY_RESPONSE_TIMEOUT",
+            "DOCKHAND_PROXY_IDLE_TIMEOUT",
+            "DOCKHAND_PROXY_SHUTDOWN_GRACE",
+        ] {
+            for huge in ["18446744073709551615s", "5124095576030431h", "100000h"] {
+                let e = parse(&format!("{key}={huge}\n"), &[]).unwrap_err();
+                assert!(e.to_string().contains(key), "{key}={huge}: {e}");
+            }
+        }
+        let e = parse("ECS_RESERVED_MEMORY=18446744073709551615\n", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("expected a whole number 0-16777216"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_config_file_must_be_a_regular_file() {
+        let e = Config::load(Path::new("/dev/zero"), true, &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = Config::load(Path::new("/"), true, &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod desired;
 pub mod engine;
 pub mod files;
 pub mod images;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod ports;
@@ -86,6 +87,19 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     if let Some(url) = &cfg.backend_host {
         return Err(AgentError::ControlNotSupported(url.clone()));
+    }
+    let mut cfg = cfg;
+    let open_files = limits::raise_open_files();
+    let cap = limits::fit_connections(cfg.proxy.max_connections, open_files);
+    if cap < cfg.proxy.max_connections {
+        tracing::warn!(
+            configured = cfg.proxy.max_connections,
+            cap,
+            open_files,
+            "DOCKHAND_PROXY_MAX_CONNECTIONS lowered to fit the open-files limit (2 descriptors a connection, {} kept for health checks and Docker)",
+            limits::RESERVED_FDS
+        );
+        cfg.proxy.max_connections = cap;
     }
     let cfg = Arc::new(cfg);
     let store = store::Store::open(&cfg.data_dir)?;

@@ -83,9 +83,10 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The Prometheus text exposition (version 0.0.4). `proxied` reads the
-/// proxy's live request count of a service.
-pub fn render(s: &Snapshot, proxied: impl Fn(&str) -> u64) -> String {
+/// The Prometheus text exposition (version 0.0.4), with the proxy's live
+/// counts.
+pub fn render(s: &Snapshot, proxy: &dockhand_proxy::Proxy) -> String {
+    let proxied = |svc: &str| proxy.requests(svc);
     let mut o = String::new();
     let c = &COUNTERS;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -104,6 +105,8 @@ pub fn render(s: &Snapshot, proxied: impl Fn(&str) -> u64) -> String {
             get(n)
         );
     }
+    let _ = writeln!(o, "# HELP dockhand_proxy_connections Client connections open on the proxy.\n# TYPE dockhand_proxy_connections gauge\ndockhand_proxy_connections {}", proxy.open_connections());
+    let _ = writeln!(o, "# HELP dockhand_proxy_connections_rejected_total Client connections closed at once because their address had DOCKHAND_PROXY_MAX_CONNECTIONS_PER_CLIENT open.\n# TYPE dockhand_proxy_connections_rejected_total counter\ndockhand_proxy_connections_rejected_total {}", proxy.rejected_connections());
     let mut by_state: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
     for t in &s.tasks {
         *by_state.entry((t.service.as_str(), t.known)).or_default() += 1;

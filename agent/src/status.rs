@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub desired_known: bool,
     /// The sequence number of the last task state change published.
     pub last_change: u64,
+    /// Problems of the agent itself (its state rebuilt, or not saved).
+    pub warnings: Vec<String>,
     pub tasks: Vec<TaskStatus>,
     pub services: Vec<ServiceStatus>,
 }
@@ -162,6 +164,7 @@ impl Snapshot {
             "ContainerInstanceArn": self.container_instance_arn(),
             "Version": format!("Dockhand v{}", env!("CARGO_PKG_VERSION")),
             "DesiredStateKnown": self.desired_known,
+            "Warnings": self.warnings,
         })
     }
 
@@ -236,6 +239,8 @@ impl Snapshot {
         json!({
             "Services": services,
             "UpdatedAt": self.updated_at.map(time),
+            "DesiredStateKnown": self.desired_known,
+            "Warnings": self.warnings,
         })
     }
 }

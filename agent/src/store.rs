@@ -10,6 +10,12 @@
 //! one and fsyncs the directory: a crash at any point leaves either the old or
 //! the new state, never a torn one. The state is small (a record per task), so
 //! rewriting it whole is cheaper than running an embedded database.
+//!
+//! The instance id is also kept alone in `instance-id`, written once. If
+//! `state.json` is ever unreadable (a disk error, a hand edit), it is moved
+//! aside and the state is rebuilt from the engine's labels under the same
+//! instance id, so the host's containers are adopted, not orphaned; the
+//! agent says so in its log and in `dockhand status`.
 
 use dockhand_model::ServiceSpec;
 use serde::{Deserialize, Serialize};
@@ -18,6 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const STATE_FILE: &str = "state.json";
+const INSTANCE_ID_FILE: &str = "instance-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,7 +38,7 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not valid agent state ({source}); move it away to start with a new instance id, which orphans this host's containers")]
+    #[error("{path} is not valid agent state ({source}) and no instance-id file says which containers are this agent's; move it away to start with a new instance id, which orphans this host's containers")]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
@@ -141,6 +148,17 @@ impl ServiceRecord {
 }
 
 impl State {
+    /// An empty state for instance `id`.
+    pub fn new(id: String) -> State {
+        State {
+            instance_id: id,
+            revisions: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            services: BTreeMap::new(),
+            images: BTreeMap::new(),
+        }
+    }
+
     /// The revision number of `digest` in `family`, numbering it if new.
     pub fn revision_of(&mut self, family: &str, digest: &str) -> u32 {
         let list = self.revisions.entry(family.to_string()).or_default();
@@ -164,6 +182,9 @@ pub struct Store {
     _lock: std::fs::File,
     pub state: State,
     saved: State,
+    /// Set when `state.json` was unreadable and the state was rebuilt:
+    /// what happened, for the log and the status screen.
+    pub recovered: Option<String>,
 }
 
 impl Store {
@@ -187,29 +208,63 @@ impl Store {
         if lock.try_lock().is_err() {
             return Err(StoreError::Locked { path: lock_path });
         }
+        let id_path = dir.join(INSTANCE_ID_FILE);
+        let known_id = std::fs::read_to_string(&id_path)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
         let path = dir.join(STATE_FILE);
+        let mut recovered = None;
+        let mut fresh = false;
         let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                path: path.clone(),
-                source,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
-                instance_id: random_hex(16),
-                revisions: BTreeMap::new(),
-                tasks: BTreeMap::new(),
-                services: BTreeMap::new(),
-                images: BTreeMap::new(),
+            Ok(bytes) => match serde_json::from_slice::<State>(&bytes) {
+                Ok(state) => state,
+                Err(source) => {
+                    let Some(id) = known_id.clone() else {
+                        return Err(StoreError::Corrupt { path, source });
+                    };
+                    let secs = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let aside = dir.join(format!("{STATE_FILE}.corrupt-{secs}"));
+                    let moved = match std::fs::rename(&path, &aside) {
+                        Ok(()) => format!("moved to {}", aside.display()),
+                        Err(e) => format!("could not be moved aside ({e})"),
+                    };
+                    let why = format!(
+                        "{} was not valid agent state ({source}); it {moved}; the state was rebuilt from the engine's labels (instance {id}): tasks are adopted, crash counts and the last good specs are lost",
+                        path.display()
+                    );
+                    tracing::error!("{why}");
+                    recovered = Some(why);
+                    fresh = true;
+                    State::new(id)
+                }
             },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fresh = true;
+                State::new(known_id.clone().unwrap_or_else(|| random_hex(16)))
+            }
             Err(source) => return Err(StoreError::Read { path, source }),
         };
+        // The identity is durable before any container carries it.
+        if known_id.as_deref() != Some(state.instance_id.as_str()) {
+            write_atomic(dir, INSTANCE_ID_FILE, state.instance_id.as_bytes())?;
+        }
         let mut store = Store {
             dir: dir.to_path_buf(),
             _lock: lock,
             saved: state.clone(),
             state,
+            recovered,
         };
-        // Persist a new instance id before any container carries it.
-        store.save_forced()?;
+        if fresh {
+            // Not fatal: the identity is saved, and a full disk must not
+            // stop the agent from serving what runs.
+            if let Err(e) = store.save_forced() {
+                tracing::error!(cause = %e, "cannot write the agent state");
+            }
+        }
         Ok(store)
     }
 
@@ -317,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_state_is_an_error_not_a_new_identity() {
+    fn corrupt_state_without_an_identity_is_an_error_not_a_new_identity() {
         let dir = temp_dir("corrupt");
         std::fs::write(dir.join("state.json"), b"not json").unwrap();
         let err = Store::open(&dir).unwrap_err();
@@ -326,14 +381,38 @@ mod tests {
     }
 
     #[test]
-    fn revisions_are_numbered_by_content() {
-        let mut s = State {
-            instance_id: String::new(),
-            revisions: BTreeMap::new(),
-            tasks: BTreeMap::new(),
-            services: BTreeMap::new(),
-            images: BTreeMap::new(),
+    fn corrupt_state_is_moved_aside_and_rebuilt_under_the_same_identity() {
+        let dir = temp_dir("rebuild");
+        let id = {
+            let mut s = Store::open(&dir).unwrap();
+            s.state.revision_of("web", "aaaa");
+            s.save().unwrap();
+            s.state.instance_id.clone()
         };
+        std::fs::write(dir.join("state.json"), b"{\"instance_id\": tru").unwrap();
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.state.instance_id, id);
+        assert!(s.state.revisions.is_empty());
+        let why = s.recovered.clone().unwrap();
+        assert!(why.contains("was not valid agent state"), "{why}");
+        let aside = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.json.corrupt-")
+            });
+        assert!(aside, "the bad file is kept for a look");
+        drop(s);
+        // And the rebuilt state is a good state from then on.
+        assert!(Store::open(&dir).unwrap().recovered.is_none());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn revisions_are_numbered_by_content() {
+        let mut s = State::new(String::new());
         assert_eq!(s.revision_of("web", "a"), 1);
         assert_eq!(s.revision_of("web", "b"), 2);
         assert_eq!(s.revision_of("web", "a"), 1);

@@ -192,12 +192,55 @@ impl Body for Tracked {
     }
 }
 
+/// The size of a request's head as the client sent it: request line and
+/// header lines with their CRLFs. hyper's buffer limit is not exact (it
+/// lets through up to about twice `max_header_bytes`), so the limit is
+/// checked here, on what was parsed.
+fn head_bytes(req: &Request<Incoming>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    // "METHOD target HTTP/1.1\r\n"
+    let line = req.method().as_str().len() + 1 + target + 11;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    line + headers + 2
+}
+
 /// Forwards one client request. Never fails: every problem is an answer.
 pub(crate) async fn handle(
     inner: Arc<Inner>,
     client: ClientInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if req.method() == hyper::Method::CONNECT {
+        // A reverse proxy does not open tunnels to its tasks.
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "dockhand: CONNECT is not supported\n".into(),
+        );
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"),
+        );
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    let limit = inner.settings.max_header_bytes;
+    if head_bytes(&req) > limit {
+        let mut r = text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("dockhand: request line and headers exceed {limit} bytes\n"),
+        );
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     let (route, algorithm) = {
         let host = request_host(&req);
         let path = req.uri().path();
@@ -314,6 +357,18 @@ pub(crate) async fn handle(
             Ok(Err(mut e)) => {
                 let unsent = e.take_message();
                 let err = e.into_error();
+                if client_body_failed(&err) {
+                    // The client's body was malformed or cut off: the
+                    // client's fault, not the task's. Not retried, not held
+                    // against the task.
+                    let mut r = text(
+                        StatusCode::BAD_REQUEST,
+                        "dockhand: the request body is malformed or was cut off\n".into(),
+                    );
+                    r.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                    return r;
+                }
                 last_error = format!("{}: {err}", backend.addr);
                 if err.is_closed() || err.is_incomplete_message() {
                     lock_eject_if_refused(&inner, &route, &backend, &err);
@@ -349,6 +404,20 @@ pub(crate) async fn handle(
             route.service
         ),
     )
+}
+
+/// Whether sending failed because the client's own body stream failed (a
+/// malformed chunk, a connection cut mid-body), rather than the task:
+/// hyper reports a failing request body as a user error whose source is
+/// the body's own error, and the body is the client's `Incoming`, whose
+/// errors are hyper errors. (A replayed request has an empty body that
+/// cannot fail.)
+fn client_body_failed(err: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    err.is_user()
+        && err
+            .source()
+            .is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some())
 }
 
 fn lock_eject_if_refused(

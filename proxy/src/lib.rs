@@ -59,6 +59,9 @@ pub struct Settings {
     pub max_headers: usize,
     /// Open client connections; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Open connections from one client IP address; more are closed at
+    /// once, so one client cannot hold every connection.
+    pub max_connections_per_client: usize,
     /// On shutdown, how long in-flight requests get to finish.
     pub shutdown_grace: Duration,
 }
@@ -72,6 +75,7 @@ impl Default for Settings {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_connections: 10_000,
+            max_connections_per_client: 1000,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -90,6 +94,12 @@ pub struct HealthEvent {
 }
 
 pub(crate) struct Inner {
+    /// Client connection permits (`max_connections`).
+    pub(crate) permits: Arc<tokio::sync::Semaphore>,
+    /// Connections closed at once for the per-client cap.
+    pub(crate) rejected: std::sync::atomic::AtomicU64,
+    /// Client connections open now.
+    pub(crate) open: std::sync::atomic::AtomicUsize,
     table: RwLock<Arc<Table>>,
     /// (service, loadBalancers index) → route.
     routes: Mutex<BTreeMap<(String, usize), Arc<Route>>>,
@@ -142,6 +152,9 @@ impl Proxy {
     pub fn new(settings: Settings, events: mpsc::UnboundedSender<HealthEvent>) -> Proxy {
         Proxy {
             inner: Arc::new(Inner {
+                permits: Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1))),
+                rejected: std::sync::atomic::AtomicU64::new(0),
+                open: std::sync::atomic::AtomicUsize::new(0),
                 table: RwLock::new(Arc::new(Table::default())),
                 routes: Mutex::new(BTreeMap::new()),
                 settings,
@@ -301,6 +314,18 @@ impl Proxy {
             b.stop_checker();
             write(&route.backends).retain(|x| !Arc::ptr_eq(x, &b));
         }
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.inner.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Client connections closed at once because their address had too many.
+    pub fn rejected_connections(&self) -> u64 {
+        self.inner
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requests routed to `service` so far, over all its routes.

@@ -1,7 +1,10 @@
 //! Listeners and client connections.
 //!
 //! Each listener accepts while it holds a connection permit (the
-//! `max_connections` cap; further clients wait in the kernel backlog). Each
+//! `max_connections` cap; further clients wait in the kernel backlog). A
+//! client address holding `max_connections_per_client` connections has its
+//! next ones closed at once, so one client opening thousands of idle
+//! connections cannot lock everyone else out for the idle timeout. Each
 //! connection is served by hyper's HTTP/1.1 server with upgrades, limits on
 //! header size and count, and an idle timeout. On shutdown every listener
 //! stops accepting at once (a socket-activated listener stays open in
@@ -12,8 +15,11 @@
 use crate::forward::{self, ClientInfo};
 use crate::Inner;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use tokio::sync::Semaphore;
 
 /// On shutdown, how long a keep-alive connection may take to send one more
@@ -23,13 +29,71 @@ const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 /// Serves until `shutdown` is signaled. The accept loops end at once; each
 /// open connection holds a clone of the watch until it has finished, so
 /// whoever signaled learns when the last one is done.
+/// Open connections per client address.
+pub(crate) struct PerClient {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection of a client; gives its place back when dropped.
+struct ClientSlot(Arc<PerClient>, IpAddr);
+
+/// Counts one open client connection until dropped.
+struct Open(Arc<Inner>);
+
+impl Open {
+    fn new(inner: &Arc<Inner>) -> Open {
+        inner.open.fetch_add(1, Ordering::Relaxed);
+        Open(Arc::clone(inner))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl PerClient {
+    pub(crate) fn new(max: usize) -> PerClient {
+        PerClient {
+            max: max.max(1),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        // An IPv4 client on a dual-stack socket is one client either way.
+        let ip = ip.to_canonical();
+        let mut open = crate::sync::lock(&self.open);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(Arc::clone(self), ip))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = crate::sync::lock(&self.0.open);
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
 pub(crate) async fn serve(
     inner: Arc<Inner>,
     listeners: Vec<tokio::net::TcpListener>,
     shutdown: drain::Watch,
 ) {
-    let max = inner.settings.max_connections.max(1);
-    let permits = Arc::new(Semaphore::new(max));
+    let permits = Arc::clone(&inner.permits);
+    let per_client = Arc::new(PerClient::new(inner.settings.max_connections_per_client));
     // Set once shutdown is signaled; answers then carry `Connection: close`.
     let closing = Arc::new(AtomicBool::new(false));
     let mut accept_loops = tokio::task::JoinSet::new();
@@ -41,6 +105,7 @@ pub(crate) async fn serve(
             Arc::clone(&inner),
             listener,
             Arc::clone(&permits),
+            Arc::clone(&per_client),
             Arc::clone(&closing),
             shutdown.clone(),
         ));
@@ -54,6 +119,7 @@ async fn accept_loop(
     inner: Arc<Inner>,
     listener: tokio::net::TcpListener,
     permits: Arc<Semaphore>,
+    per_client: Arc<PerClient>,
     closing: Arc<AtomicBool>,
     shutdown: drain::Watch,
 ) {
@@ -87,14 +153,25 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(slot) = per_client.admit(peer.ip()) else {
+            // Closed at once: the client learns now, and its descriptor is
+            // free again.
+            inner.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "connection refused: too many from this client");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let client = ClientInfo { peer, local };
+        let open = Open::new(&inner);
         let inner = Arc::clone(&inner);
         let watch = shutdown.clone();
         let closing = Arc::clone(&closing);
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
+            let _open = open;
             let settings = inner.settings.clone();
             let service = hyper::service::service_fn(move |req| {
                 let inner = Arc::clone(&inner);

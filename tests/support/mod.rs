@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -129,14 +130,40 @@ impl Agent {
 
     /// Starts the agent with extra environment variables.
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
+        self.start_with(env, None);
+    }
+
+    /// Starts the agent with its open-files limit (soft and hard) set to
+    /// `nofile`, as a host with a low limit would.
+    pub fn start_with_open_files(&mut self, nofile: u64) {
+        self.start_with(&[], Some(nofile));
+    }
+
+    fn start_with(&mut self, env: &[(&str, &str)], nofile: Option<u64>) {
         assert!(self.child.is_none(), "agent already running");
         let log = self.open_log();
-        let child = dockhand()
+        let mut cmd = match nofile {
+            None => dockhand(),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_dockhand"));
+                for (k, _) in std::env::vars() {
+                    if k.starts_with("ECS_") || k.starts_with("DOCKHAND_") || k == "DOCKER_HOST" {
+                        c.env_remove(k);
+                    }
+                }
+                c
+            }
+        };
+        let child = cmd
             .args(["agent", "--config"])
             .arg(&self.config)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
+            .process_group(0)
             .spawn()
             .expect("spawn dockhand agent");
         self.child = Some(child);
@@ -171,6 +198,7 @@ impl Agent {
             ])
             .stdout(Stdio::null())
             .stderr(log)
+            .process_group(0)
             .spawn()
             .expect("spawn systemd-socket-activate (Debian package systemd)");
         self.child = Some(child);
@@ -348,6 +376,11 @@ impl Agent {
 
     fn cleanup(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // The whole process group: under socket activation the agent is
+            // a grandchild, and must not outlive the test.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }

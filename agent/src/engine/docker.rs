@@ -4,8 +4,8 @@
 //! field becomes a default or an error, never a panic.
 
 use super::{
-    ContainerSpec, Credentials, Engine, EngineError, Health, HostCapacity, ImageInfo, Observed,
-    RunState,
+    ContainerSpec, Credentials, Engine, EngineError, EngineEvent, Health, HostCapacity, ImageInfo,
+    Observed, RunState,
 };
 use crate::containers::label;
 use bollard::models::{
@@ -20,12 +20,18 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A Docker engine, version-negotiated.
 #[derive(Clone)]
 pub struct DockerEngine {
     docker: Docker,
+    /// The last inspection of each container, with the list entry's state
+    /// and status text it was taken at: a container whose list entry is
+    /// unchanged is not inspected again (Docker's status text carries the
+    /// health, the exit code and the uptime, so any change shows in it).
+    inspected: Arc<Mutex<HashMap<String, (String, Observed)>>>,
 }
 
 impl DockerEngine {
@@ -39,7 +45,10 @@ impl DockerEngine {
         };
         let docker = Docker::connect_with_host(host).map_err(connect_err)?;
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
-        Ok(DockerEngine { docker })
+        Ok(DockerEngine {
+            docker,
+            inspected: Arc::default(),
+        })
     }
 }
 
@@ -64,7 +73,7 @@ fn is(e: &bollard::errors::Error, status: u16) -> bool {
 
 impl Engine for DockerEngine {
     async fn observe(&self, instance: &str) -> Result<Vec<Observed>, EngineError> {
-        observe(&self.docker, instance).await
+        observe(&self.docker, instance, &self.inspected).await
     }
 
     async fn inspect(&self, id: &str) -> Result<Observed, EngineError> {
@@ -154,7 +163,11 @@ impl Engine for DockerEngine {
         Ok(v.version.unwrap_or_default())
     }
 
-    fn events(&self, instance: &str, since: SystemTime) -> tokio::sync::mpsc::Receiver<()> {
+    fn events(
+        &self,
+        instance: &str,
+        since: SystemTime,
+    ) -> tokio::sync::mpsc::Receiver<EngineEvent> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(forward_events(
             self.docker.clone(),
@@ -272,7 +285,7 @@ async fn forward_events(
     docker: Docker,
     instance: String,
     since: SystemTime,
-    tx: tokio::sync::mpsc::Sender<()>,
+    tx: tokio::sync::mpsc::Sender<EngineEvent>,
 ) {
     let mut since_secs = since
         .duration_since(UNIX_EPOCH)
@@ -303,7 +316,8 @@ async fn forward_events(
                     }
                     tracing::debug!(action = ev.action.as_deref().unwrap_or(""), "docker event");
                     // A full channel already holds a wake-up: nothing lost.
-                    if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(())
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                        tx.try_send(EngineEvent::Changed)
                     {
                         return;
                     }
@@ -316,7 +330,7 @@ async fn forward_events(
         }
         // The stream ended (Docker restarted or went away): anything may
         // have changed, so ask for a full pass, then re-open.
-        if tx.send(()).await.is_err() {
+        if tx.send(EngineEvent::Lost).await.is_err() {
             return;
         }
         tokio::time::sleep(delay).await;
@@ -333,8 +347,13 @@ fn parse_time(s: Option<&str>) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s).ok()
 }
 
-/// Lists and inspects every container labelled with this agent's instance id.
-async fn observe(docker: &Docker, instance: &str) -> Result<Vec<Observed>, EngineError> {
+/// Lists every container labelled with this agent's instance id, and
+/// inspects those whose list entry changed since they were last inspected.
+async fn observe(
+    docker: &Docker,
+    instance: &str,
+    cache: &Mutex<HashMap<String, (String, Observed)>>,
+) -> Result<Vec<Observed>, EngineError> {
     let filters: HashMap<&str, Vec<String>> =
         HashMap::from([("label", vec![format!("{}={instance}", label::INSTANCE)])]);
     let list = docker
@@ -346,18 +365,37 @@ async fn observe(docker: &Docker, instance: &str) -> Result<Vec<Observed>, Engin
         ))
         .await
         .map_err(api)?;
+    let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = Vec::with_capacity(list.len());
+    let mut listed = BTreeSet::new();
     for summary in list {
         let Some(id) = summary.id else { continue };
+        let key = format!(
+            "{}|{}",
+            summary.state.map(|s| s.to_string()).unwrap_or_default(),
+            summary.status.unwrap_or_default()
+        );
+        listed.insert(id.clone());
+        let cached = lock()
+            .get(&id)
+            .filter(|(k, _)| *k == key)
+            .map(|(_, o)| o.clone());
+        if let Some(o) = cached {
+            out.push(o);
+            continue;
+        }
         match docker.inspect_container(&id, None).await {
-            Ok(c) => out.push(from_inspect(id, c)),
+            Ok(c) => {
+                let o = from_inspect(id.clone(), c);
+                lock().insert(id, (key, o.clone()));
+                out.push(o);
+            }
             // Removed between list and inspect: it is simply gone.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
+            Err(e) if is(&e, 404) => {}
             Err(e) => return Err(api(e)),
         }
     }
+    lock().retain(|id, _| listed.contains(id));
     Ok(out)
 }
 

@@ -14,8 +14,8 @@
 //! clock paused and minutes pass in milliseconds.
 
 use super::{
-    ContainerSpec, Credentials, Engine, EngineError, Health, HostCapacity, ImageInfo, Observed,
-    RunState,
+    ContainerSpec, Credentials, Engine, EngineError, EngineEvent, Health, HostCapacity, ImageInfo,
+    Observed, RunState,
 };
 use crate::clock::Clock;
 use crate::containers::label;
@@ -58,7 +58,7 @@ struct State {
     pull_time: Duration,
     /// Engine calls, in order: `create NAME`, `start ID`, `stop ID`, …
     calls: Vec<String>,
-    events: Vec<mpsc::Sender<()>>,
+    events: Vec<mpsc::Sender<EngineEvent>>,
     /// Every call fails while set (the engine is down).
     down: bool,
 }
@@ -88,7 +88,7 @@ impl FakeEngine {
     fn notify(s: &mut State) {
         s.events.retain(|tx| !tx.is_closed());
         for tx in &s.events {
-            let _ = tx.try_send(());
+            let _ = tx.try_send(EngineEvent::Changed);
         }
     }
 
@@ -163,6 +163,26 @@ impl FakeEngine {
             c.health = health;
         }
         Self::notify(&mut s);
+    }
+
+    /// The engine restarts: every running container stops (code 0, as
+    /// dockerd stops them), and the event stream breaks.
+    pub fn restart(&self) {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        for c in s.containers.values_mut() {
+            if c.state == RunState::Running {
+                c.state = RunState::Exited {
+                    code: 0,
+                    finished_at: Some(now),
+                };
+            }
+        }
+        s.calls.push("engine restart".into());
+        s.events.retain(|tx| !tx.is_closed());
+        for tx in &s.events {
+            let _ = tx.try_send(EngineEvent::Lost);
+        }
     }
 
     /// Removes a container behind the agent's back.
@@ -354,7 +374,7 @@ impl Engine for FakeEngine {
         Ok("fake".into())
     }
 
-    fn events(&self, _instance: &str, _since: SystemTime) -> mpsc::Receiver<()> {
+    fn events(&self, _instance: &str, _since: SystemTime) -> mpsc::Receiver<EngineEvent> {
         let (tx, rx) = mpsc::channel(64);
         self.lock().events.push(tx);
         rx

@@ -16,6 +16,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+/// What the engine's event stream says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// Something about this agent's containers changed.
+    Changed,
+    /// The stream broke (the engine went away or restarted); it is being
+    /// re-opened. Containers may have died with the engine.
+    Lost,
+}
+
 /// What the host offers to tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostCapacity {
@@ -200,11 +210,11 @@ pub trait Engine: Clone + Send + Sync + 'static {
     fn capacity(&self) -> impl Future<Output = Result<HostCapacity, EngineError>> + Send;
     /// The engine's version, for registration.
     fn version(&self) -> impl Future<Output = Result<String, EngineError>> + Send;
-    /// Wake-ups for container events of `instance` from `since` on: one
-    /// message per event or burst, and one whenever the event stream had to
-    /// be re-opened (anything may have changed). Runs until the receiver is
-    /// dropped.
-    fn events(&self, instance: &str, since: SystemTime) -> tokio::sync::mpsc::Receiver<()>;
+    /// Container events of `instance` from `since` on: [`EngineEvent::Changed`]
+    /// per event (or burst), and [`EngineEvent::Lost`] whenever the stream
+    /// broke and is being re-opened. Runs until the receiver is dropped.
+    fn events(&self, instance: &str, since: SystemTime)
+        -> tokio::sync::mpsc::Receiver<EngineEvent>;
     /// Tagged images (for cleanup).
     fn images(&self) -> impl Future<Output = Result<Vec<ImageInfo>, EngineError>> + Send;
     /// Images any container (of any owner) uses, by the reference it was

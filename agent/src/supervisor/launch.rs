@@ -3,6 +3,7 @@
 //! and an owned op pulls, creates and starts its containers in `dependsOn`
 //! order.
 
+use super::pacing::{Pacer, Pulls};
 use super::{short, OpDone, OpKind, Supervisor};
 use crate::config::PullBehavior;
 use crate::containers::TaskLaunch;
@@ -14,6 +15,7 @@ use crate::task::TaskObs;
 use dockhand_model::taskdef::{DependencyCondition, NetworkMode};
 use dockhand_model::ServiceSpec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -27,12 +29,14 @@ pub(super) struct Prepared {
     depends_on: Vec<(String, DependencyCondition)>,
 }
 
-/// How a launch pulls images.
+/// How a launch pulls images and paces its engine calls.
 #[derive(Clone)]
 struct PullSettings {
     behavior: PullBehavior,
     timeout: Duration,
     docker_config: std::path::PathBuf,
+    pulls: Arc<Pulls>,
+    pacer: Arc<Pacer>,
 }
 
 impl<E: Engine, R: Router> Supervisor<E, R> {
@@ -211,6 +215,8 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             behavior: self.cfg.image_pull_behavior,
             timeout: self.cfg.image_pull_timeout,
             docker_config: self.cfg.docker_config_dir.clone(),
+            pulls: Arc::clone(&self.pulls),
+            pacer: Arc::clone(&self.pacer),
         };
         let start_timeout = self.cfg.container_start_timeout;
         self.ops.spawn(async move {
@@ -237,7 +243,7 @@ async fn launch_task<E: Engine>(
     let mut ids: HashMap<String, String> = HashMap::new();
     for p in &prepared {
         ensure_image(engine, &p.spec.image, pull).await?;
-        let id = match engine.create(p.spec.clone()).await {
+        let id = match pull.pacer.run(engine.create(p.spec.clone())).await {
             Ok(id) => id,
             Err(e) if e.status() == Some(409) => p.spec.name.clone(),
             Err(e) => return Err(format!("create container {}: {e}", p.name_in_task)),
@@ -250,8 +256,8 @@ async fn launch_task<E: Engine>(
             wait_for(engine, dep, &dep_id, *condition, start_timeout).await?;
         }
         let id = ids.get(&p.name_in_task).cloned().unwrap_or_default();
-        engine
-            .start(&id)
+        pull.pacer
+            .run(engine.start(&id))
             .await
             .map_err(|e| format!("start container {}: {e}", p.name_in_task))?;
     }
@@ -276,24 +282,31 @@ async fn ensure_image<E: Engine>(
     if !should_pull {
         return Ok(());
     }
-    let started = Instant::now();
-    let credentials = crate::registry::credentials_for(image, &pull.docker_config);
-    tracing::info!(
-        image,
-        with_credentials = credentials.is_some(),
-        "pulling image"
-    );
-    let pulled = engine.pull(image, pull.timeout, credentials).await;
-    crate::metrics::pulled(pulled.is_ok(), started.elapsed());
-    match pulled {
-        Ok(()) => {
+    // One pull per image at a time; launches of the same image share it.
+    let pulled = pull
+        .pulls
+        .pull(image, || async {
+            let started = Instant::now();
+            let credentials = crate::registry::credentials_for(image, &pull.docker_config);
             tracing::info!(
                 image,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "pulled image"
+                with_credentials = credentials.is_some(),
+                "pulling image"
             );
-            Ok(())
-        }
+            let pulled = engine.pull(image, pull.timeout, credentials).await;
+            crate::metrics::pulled(pulled.is_ok(), started.elapsed());
+            if pulled.is_ok() {
+                tracing::info!(
+                    image,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "pulled image"
+                );
+            }
+            pulled
+        })
+        .await;
+    match pulled {
+        Ok(()) => Ok(()),
         Err(e) if present && pull.behavior == PullBehavior::Default => {
             tracing::warn!(image, cause = %e, "pull failed; using the cached image");
             Ok(())

@@ -29,6 +29,7 @@
 
 mod housekeeping;
 mod launch;
+mod pacing;
 mod publish;
 mod service;
 mod stop;
@@ -39,7 +40,7 @@ use crate::changes::Changes;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::desired::{Desired, DesiredState};
-use crate::engine::{Engine, HostCapacity};
+use crate::engine::{Engine, EngineEvent, HostCapacity};
 use crate::ports::PortAllocator;
 use crate::router::Router;
 use crate::status::{Event, Snapshot};
@@ -64,6 +65,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 /// How many events each service keeps for status.
 const EVENTS_PER_SERVICE: usize = 50;
+/// Passes run at most this often: a burst of events (200 tasks turning
+/// healthy) is one pass, not 200, each listing the engine.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(100);
+/// After the engine comes back from an outage, tasks found dead that died
+/// during it are the outage's, not their own, for this long.
+const OUTAGE_GRACE: Duration = Duration::from_secs(60);
 /// How long the agent waits at start for first health checks before it
 /// serves anyway.
 const READY_WAIT: Duration = Duration::from_secs(5);
@@ -148,6 +155,20 @@ pub struct Supervisor<E, R> {
     images_seen: BTreeSet<String>,
     /// The last STATUS= line sent to systemd.
     last_status_line: String,
+    /// One pull per image at a time, shared by launch ops.
+    pulls: Arc<pacing::Pulls>,
+    /// How many container creates and starts run at once.
+    pacer: Arc<pacing::Pacer>,
+    /// The last engine outage: when it began (wall time, compared with
+    /// containers' exit times) and when the engine answered again.
+    outage: Option<(SystemTime, Option<Instant>)>,
+    /// Why the state cannot be saved, while it cannot (logged once).
+    save_error: Option<String>,
+    /// How the state was rebuilt at start, if it was.
+    recovered: Option<String>,
+    /// When each service may start a task again after a crash (monotonic;
+    /// `state.json` keeps the wall-clock copy for the next agent).
+    next_start: HashMap<String, Instant>,
     ready: Option<(tokio::sync::oneshot::Sender<()>, Instant)>,
 }
 
@@ -161,6 +182,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         // Resume the last known desired state, held until the source
         // answers (static stability).
         let desired = crate::desired::load_last(&p.cfg.data_dir).unwrap_or_default();
+        let recovered = p.store.recovered.clone();
         Supervisor {
             cfg: p.cfg,
             engine: p.engine,
@@ -187,6 +209,12 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             running_since: HashMap::new(),
             images_seen: BTreeSet::new(),
             last_status_line: String::new(),
+            pulls: Arc::default(),
+            pacer: Arc::default(),
+            next_start: HashMap::new(),
+            save_error: None,
+            outage: None,
+            recovered,
             ready: Some((p.ready, Instant::now() + READY_WAIT)),
         }
     }
@@ -218,11 +246,16 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         self.take_desired();
         let mut dirty = true;
 
+        let mut last_pass: Option<Instant> = None;
         let release = loop {
-            if dirty {
+            let due = last_pass.map_or(Instant::now(), |t| t + MIN_PASS_INTERVAL);
+            if dirty && Instant::now() >= due {
                 dirty = false;
                 safety_net = Instant::now() + SAFETY_NET_INTERVAL;
                 self.reconcile().await;
+                last_pass = Some(Instant::now());
+            } else if dirty {
+                self.wake_at = Some(self.wake_at.map_or(due, |w| w.min(due)));
             }
             let wake = self.wake_at.map_or(safety_net, |w| w.min(safety_net));
             tokio::select! {
@@ -237,9 +270,15 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                         Err(_) => desired_open = false,
                     }
                 }
-                Some(()) = engine_events.recv() => {
+                Some(ev) = engine_events.recv() => {
                     // Coalesce a burst of events into one pass.
-                    while engine_events.try_recv().is_ok() {}
+                    let mut lost = ev == EngineEvent::Lost;
+                    while let Ok(ev) = engine_events.try_recv() {
+                        lost |= ev == EngineEvent::Lost;
+                    }
+                    if lost {
+                        self.engine_lost();
+                    }
                     dirty = true;
                 }
                 Some(done) = self.ops.join_next(), if !self.ops.is_empty() => {
@@ -376,9 +415,23 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             .or_default()
     }
 
+    /// Saves the state. A failure (a full disk) is logged once and shown
+    /// in the status until a save succeeds again; the agent keeps serving
+    /// what runs meanwhile.
     fn save(&mut self) {
-        if let Err(e) = self.store.save() {
-            tracing::error!(cause = %e, "cannot persist agent state");
+        match self.store.save() {
+            Ok(()) => {
+                if self.save_error.take().is_some() {
+                    tracing::info!("agent state saved again");
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if self.save_error.as_deref() != Some(why.as_str()) {
+                    tracing::error!(cause = %why, "cannot persist agent state; tasks keep running, and changes are saved once it works again");
+                    self.save_error = Some(why);
+                }
+            }
         }
     }
 
@@ -422,6 +475,13 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         };
         self.track_images(observed.iter().map(|c| c.image.as_str()));
         self.images_seen = observed.iter().map(|c| c.image.clone()).collect();
+        if let Some((since, None)) = self.outage {
+            tracing::info!(
+                down_for_ms = self.age(since).as_millis() as u64,
+                "the container engine answers again"
+            );
+            self.outage = Some((since, Some(Instant::now())));
+        }
         let tasks = task::group(observed);
         self.adopt_and_forget(&tasks);
         if self.known {
@@ -460,7 +520,31 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         );
     }
 
+    /// The engine went away (its event stream broke, or it did not
+    /// answer): containers that die from now on until it is back died with
+    /// it.
+    fn engine_lost(&mut self) {
+        if !matches!(self.outage, Some((_, None))) {
+            tracing::warn!("the container engine went away; tasks that die with it are replaced without counting against them");
+            self.outage = Some((self.clock.now(), None));
+        }
+    }
+
+    /// Whether a container that exited at `finished` died with the engine
+    /// (during the last outage), rather than of its own accord.
+    fn died_with_engine(&self, finished: Option<SystemTime>) -> bool {
+        let Some((since, back)) = self.outage else {
+            return false;
+        };
+        let recent = back.is_none_or(|b| b.elapsed() < OUTAGE_GRACE);
+        // The engine stops its containers as it goes; a few seconds of
+        // slack for clocks and the stream noticing late.
+        let slack = Duration::from_secs(5);
+        recent && finished.is_some_and(|f| f + slack >= since)
+    }
+
     fn observe_failed(&mut self, why: &str) {
+        self.engine_lost();
         crate::metrics::docker_error();
         tracing::warn!(cause = %why, "cannot observe containers; retrying");
         self.wake_in(Duration::from_secs(1));

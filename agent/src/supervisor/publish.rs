@@ -75,6 +75,16 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             updated_at: Some(self.clock.now()),
             desired_known: self.known,
             last_change: self.changes.last(),
+            warnings: self
+                .recovered
+                .iter()
+                .cloned()
+                .chain(
+                    self.save_error
+                        .iter()
+                        .map(|e| format!("the agent state cannot be saved: {e}")),
+                )
+                .collect(),
             ..Snapshot::default()
         };
         for (id, rec) in &self.store.state.tasks {

@@ -115,9 +115,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                 .get(name)
                 .cloned()
                 .unwrap_or_default();
-            let now = self.now_ms();
-            if rec.next_start_at_ms > now {
-                let wait = Duration::from_millis(rec.next_start_at_ms - now);
+            if let Some(wait) = self.backoff_left(name) {
                 reason = Some(format!(
                     "restart backoff after {} consecutive failure(s): next start in {:.1}s; last failure: {}",
                     rec.consecutive_failures,
@@ -289,6 +287,37 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         rec.runs(&spec).clone()
     }
 
+    /// Counts one crash toward `service`'s backoff: the next start is
+    /// allowed after [`super::backoff`] of the consecutive failures. The
+    /// deadline is kept on the monotonic clock (a wall clock stepped back
+    /// must not stall a service for an hour) and, for a restarted agent, in
+    /// `state.json` as wall time.
+    pub(super) fn count_crash(&mut self, service: &str, ran_for: Option<Duration>) {
+        let now = self.now_ms();
+        let rec = self.service_record(service);
+        if ran_for.is_some_and(|d| d >= BACKOFF_RESET_AFTER) {
+            rec.consecutive_failures = 0;
+        }
+        rec.consecutive_failures = rec.consecutive_failures.saturating_add(1);
+        rec.total_failures = rec.total_failures.saturating_add(1);
+        let delay = super::backoff(rec.consecutive_failures);
+        rec.next_start_at_ms = now.saturating_add(delay.as_millis() as u64);
+        self.next_start
+            .insert(service.to_string(), Instant::now() + delay);
+    }
+
+    /// How long until `service` may start a task again, if it must wait.
+    pub(super) fn backoff_left(&self, service: &str) -> Option<Duration> {
+        if let Some(at) = self.next_start.get(service) {
+            return Some(at.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero());
+        }
+        // Set by an earlier agent process: wall time, never trusted for
+        // longer than the cap (the clock may have been stepped since).
+        let rec = self.store.state.services.get(service)?;
+        let left = rec.next_start_at_ms.checked_sub(self.now_ms())?;
+        Some(Duration::from_millis(left).min(super::MAX_BACKOFF)).filter(|d| !d.is_zero())
+    }
+
     /// Counts a failed task toward crash backoff and, when it belongs to a
     /// revision being rolled out, toward that rollout's circuit breaker.
     pub(super) fn record_failure(
@@ -306,16 +335,9 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             .map(|t| t.digest.clone())
             .unwrap_or_default();
         let revisions = self.store.state.revisions.clone();
-        let now = self.now_ms();
+        self.count_crash(service, ran_for);
         let rec = self.service_record(service);
-        if ran_for.is_some_and(|d| d >= BACKOFF_RESET_AFTER) {
-            rec.consecutive_failures = 0;
-        }
-        rec.consecutive_failures = rec.consecutive_failures.saturating_add(1);
-        rec.total_failures = rec.total_failures.saturating_add(1);
         rec.last_failure = Some(reason.to_string());
-        let delay = super::backoff(rec.consecutive_failures);
-        rec.next_start_at_ms = now.saturating_add(delay.as_millis() as u64);
 
         let Some(stable) = rec.stable.clone() else {
             return; // A first deployment has nothing to go back to.
@@ -348,6 +370,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             rec.failed_reason = Some(why.clone());
             rec.consecutive_failures = 0;
             rec.next_start_at_ms = 0;
+            self.next_start.remove(service);
             self.event(service, why);
         }
     }

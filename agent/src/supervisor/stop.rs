@@ -86,21 +86,41 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         let mut failed = Vec::new();
         for (id, rec, t) in self.tasks_wanting(DesiredStatus::Running, tasks) {
             if let Some(mut reason) = t.failure_reason() {
-                if let Some(Err(why_not)) = t.failed_essential().and_then(|c| c.restart_decision())
+                let finished = t.failed_essential().and_then(|c| match c.state {
+                    RunState::Exited { finished_at, .. } => finished_at,
+                    _ => None,
+                });
+                let with_engine = self.died_with_engine(finished);
+                if with_engine {
+                    reason = format!("{reason} when the container engine went away; replaced, not counted as a failure");
+                } else if let Some(Err(why_not)) =
+                    t.failed_essential().and_then(|c| c.restart_decision())
                 {
                     reason = format!("{reason}; not restarted in place: {why_not}");
                 }
                 let ran_for = t.started_at().map(|s| self.age(s));
-                failed.push((id.clone(), rec.service.clone(), reason, ran_for));
+                failed.push((
+                    id.clone(),
+                    rec.service.clone(),
+                    reason,
+                    ran_for,
+                    with_engine,
+                ));
             }
         }
-        for (id, service, reason, ran_for) in failed {
+        for (id, service, reason, ran_for, with_engine) in failed {
             // Nothing to drain: the task is dead. Out of rotation at once.
             self.router.remove_task(&id);
             if let Some(rec) = self.store.state.tasks.get_mut(&id) {
                 rec.desired = DesiredStatus::Stopped;
                 rec.stop_reason = Some(reason.clone());
                 rec.crash_counted = true;
+            }
+            if with_engine {
+                // The engine's fault, not the task's or its revision's: no
+                // backoff, no circuit breaker. It is replaced like a crash.
+                self.event(&service, format!("task {} stopped: {reason}", short(&id)));
+                continue;
             }
             self.record_failure(&service, ran_for, &id, &reason);
             let failures = self
@@ -159,7 +179,6 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
     /// without word from the source); its exited containers are started
     /// again in place, with the service's crash backoff.
     pub(super) fn restart_crashed_in_place(&mut self, tasks: &BTreeMap<String, TaskObs>) {
-        let now = self.now_ms();
         let mut restarts = Vec::new();
         let mut crashed_services = Vec::new();
         let mut wait = None;
@@ -167,14 +186,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             if t.failed_essential().is_none() {
                 continue;
             }
-            let next = self
-                .store
-                .state
-                .services
-                .get(&rec.service)
-                .map_or(0, |s| s.next_start_at_ms);
-            if next > now {
-                let left = Duration::from_millis(next - now);
+            if let Some(left) = self.backoff_left(&rec.service) {
                 wait = Some(wait.map_or(left, |w: Duration| w.min(left)));
                 continue;
             }
@@ -195,15 +207,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             self.wake_in(w);
         }
         for (service, ran_for) in crashed_services {
-            let now = self.now_ms();
-            let rec = self.service_record(&service);
-            if ran_for.is_some_and(|d| d >= super::BACKOFF_RESET_AFTER) {
-                rec.consecutive_failures = 0;
-            }
-            rec.consecutive_failures = rec.consecutive_failures.saturating_add(1);
-            rec.total_failures = rec.total_failures.saturating_add(1);
-            let delay = super::backoff(rec.consecutive_failures);
-            rec.next_start_at_ms = now.saturating_add(delay.as_millis() as u64);
+            self.count_crash(&service, ran_for);
         }
         self.spawn_restarts(
             restarts,

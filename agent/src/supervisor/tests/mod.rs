@@ -576,8 +576,10 @@ async fn depends_on_healthy_waits_for_the_health_check() {
 async fn a_removed_service_is_drained_stopped_and_removed() {
     let h = Harness::start().await;
     h.set(vec![routed("web", 2), service("other", 1)]);
-    h.wait(LIMIT, "3 running", |h| h.engine.containers().len() == 3)
-        .await;
+    h.wait(LIMIT, "3 running, 2 routed", |h| {
+        h.engine.containers().len() == 3 && h.router.backends().len() == 2
+    })
+    .await;
     h.set(vec![service("other", 1)]);
     h.wait(LIMIT, "web gone", |h| {
         h.running("web").is_empty() && h.engine.containers().len() == 1
@@ -652,4 +654,28 @@ async fn an_engine_outage_changes_nothing_and_is_survived() {
     h.engine.set_down(false);
     h.idle(MINUTE).await;
     assert_eq!(h.running_tasks("web"), tasks);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tasks_that_die_with_the_engine_are_replaced_without_blaming_the_rollout() {
+    let h = Harness::start().await;
+    h.deploy(routed("web", 3), 3).await;
+    h.router.fail_new_backends(true);
+    h.set(vec![with_env(routed("web", 3), "V", "2")]);
+    h.wait(LIMIT, "new tasks started", |h| h.running("web").len() == 6)
+        .await;
+    h.router.fail_new_backends(false);
+    h.engine.restart();
+    h.wait(LIMIT, "3 tasks of revision 2", |h| {
+        let r = h.running("web");
+        r.len() == 3 && r.iter().all(|c| c.label(label::REVISION) == Some("2"))
+    })
+    .await;
+    let s = h.service_status("web").unwrap();
+    assert_eq!(s.total_failures, 0, "{:?}", s.events);
+    assert!(s.rollout_failed.is_none());
+    assert!(s
+        .events
+        .iter()
+        .any(|e| e.message.contains("when the container engine went away")));
 }

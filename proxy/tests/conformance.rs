@@ -1,0 +1,358 @@
+//! Raw-socket HTTP conformance of the proxy: request smuggling shapes,
+//! header limits and chunked edge cases, sent byte for byte to a real
+//! proxy in front of a recording backend. For each: the client's answer,
+//! what the backend saw (never a second, smuggled request), and that the
+//! proxy and its backend are fine afterwards.
+
+use bytes::Bytes;
+use dockhand_proxy::{HealthCheck, Proxy, RouteSpec, Settings};
+use http_body_util::{BodyExt, Full};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the backend received: method, target, body length.
+type Seen = Arc<Mutex<Vec<(String, String, usize)>>>;
+
+/// A backend answering `200 ok` to everything, recording each request.
+async fn backend() -> (SocketAddr, Seen) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let log = Arc::clone(&log);
+                        async move {
+                            let method = req.method().to_string();
+                            let target = req.uri().to_string();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                            if target != "/health" {
+                                log.lock().unwrap().push((
+                                    method,
+                                    target,
+                                    body.unwrap_or(usize::MAX),
+                                ));
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+const MAX_HEADER_BYTES: usize = 4096;
+
+/// A proxy routing everything to one healthy backend.
+async fn proxy() -> (u16, Proxy, Seen) {
+    let (backend, seen) = backend().await;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = Proxy::new(
+        Settings {
+            max_header_bytes: MAX_HEADER_BYTES,
+            max_headers: 20,
+            ..Settings::default()
+        },
+        tx,
+    );
+    proxy.set_routes(
+        "svc",
+        vec![RouteSpec {
+            check: HealthCheck {
+                path: "/health".into(),
+                interval: Duration::from_millis(200),
+                healthy_threshold: 1,
+                ..HealthCheck::default()
+            },
+            ..RouteSpec::default()
+        }],
+    );
+    proxy.add_backend("svc", 0, "task-1", backend, false);
+    for _ in 0..100 {
+        if proxy.task_health("task-1") == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.task_health("task-1"), Some(true));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (_signal, watch) = drain::channel();
+    let p = proxy.clone();
+    tokio::spawn(async move {
+        let _keep = _signal;
+        p.serve(vec![l], watch).await
+    });
+    (port, proxy, seen)
+}
+
+/// Sends `bytes` on a new connection and reads until the peer closes (or
+/// 2 s pass); returns what came back.
+async fn send(port: u16, bytes: Vec<u8>) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(&bytes);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+fn status(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every case: (name, raw request, acceptable statuses, requests the
+/// backend may see).
+fn cases() -> Vec<(&'static str, Vec<u8>, Vec<u16>, usize)> {
+    let big = |n: usize| {
+        // A request whose head is exactly `n` bytes.
+        let base = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n".len();
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(n - base)
+        )
+        .into_bytes()
+    };
+    let many = {
+        let mut r = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..30 {
+            r.push_str(&format!("X-H{i}: 1\r\n"));
+        }
+        r.push_str("\r\n");
+        r.into_bytes()
+    };
+    vec![
+        ("plain", b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), vec![200], 1),
+        (
+            "CL and TE together (TE wins, no smuggling)",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            vec![200, 400],
+            1,
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc".to_vec(),
+            vec![400],
+            0,
+        ),
+        (
+            "TE not ending in chunked",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            vec![400, 501],
+            0,
+        ),
+        (
+            "TE obfuscated (xchunked)",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            vec![400, 501],
+            0,
+        ),
+        (
+            "chunk size not hex",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n".to_vec(),
+            vec![400],
+            1,
+        ),
+        (
+            "chunk size overflowing 64 bits",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nabc\r\n0\r\n\r\n".to_vec(),
+            vec![400],
+            1,
+        ),
+        (
+            "chunk data longer than its size",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcdef\r\n0\r\n\r\n".to_vec(),
+            vec![400],
+            1,
+        ),
+        (
+            "Content-Length not a number",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\na".to_vec(),
+            vec![400],
+            0,
+        ),
+        (
+            "negative Content-Length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+            vec![400],
+            0,
+        ),
+        ("header without a colon", b"GET / HTTP/1.1\r\nHost: x\r\nBroken\r\n\r\n".to_vec(), vec![400], 0),
+        ("space before the colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(), vec![400], 0),
+        (
+            "obsolete line folding",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n".to_vec(),
+            vec![400],
+            0,
+        ),
+        ("NUL in a header value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n".to_vec(), vec![400], 0),
+        ("CR alone in a header value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n".to_vec(), vec![400], 0),
+        ("unknown HTTP version", b"GET / HTTP/3.7\r\nHost: x\r\n\r\n".to_vec(), vec![400, 505], 0),
+        ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(), vec![0, 400], 0),
+        ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec(), vec![405], 0),
+        ("head at the limit", big(MAX_HEADER_BYTES), vec![200], 1),
+        ("head one byte over the limit", big(MAX_HEADER_BYTES + 1), vec![431], 0),
+        ("head twice the limit", big(2 * MAX_HEADER_BYTES), vec![431], 0),
+        ("more headers than allowed", many, vec![431], 0),
+        (
+            "pipelined requests with bodies keep their framing",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+            vec![200],
+            2,
+        ),
+        (
+            "absolute-form target",
+            b"GET http://x/abs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            vec![200],
+            1,
+        ),
+        (
+            "body cut off by the client",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort".to_vec(),
+            vec![0, 400],
+            1,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_clean_answers_and_nothing_is_smuggled() {
+    let (port, proxy, seen) = proxy().await;
+    let mut failures = Vec::new();
+    for (name, bytes, ok, max_seen) in cases() {
+        seen.lock().unwrap().clear();
+        let answer = send(port, bytes).await;
+        // Let the backend finish recording what reached it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = status(&answer);
+        let backend_saw = seen.lock().unwrap().clone();
+        if !ok.contains(&got) {
+            failures.push(format!(
+                "{name}: status {got}, expected {ok:?}: {:?}",
+                answer.lines().next()
+            ));
+        }
+        if backend_saw.len() > max_seen
+            || backend_saw.iter().any(|(_, t, _)| t.contains("smuggled"))
+        {
+            failures.push(format!("{name}: backend saw {backend_saw:?}"));
+        }
+        // The task is never blamed for the client's request.
+        if proxy.task_health("task-1") != Some(true) {
+            failures.push(format!("{name}: the task was taken out of rotation"));
+            break;
+        }
+        // And the proxy still serves.
+        let after = send(
+            port,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        )
+        .await;
+        if status(&after) != 200 {
+            failures.push(format!(
+                "{name}: the next request got {:?}",
+                after.lines().next()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_the_clients_400_not_the_tasks_502() {
+    let (port, proxy, _seen) = proxy().await;
+    let answer = send(
+        port,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nnot-a-size\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(status(&answer), 400, "{answer}");
+    assert!(answer.contains("malformed"), "{answer}");
+    assert_eq!(proxy.task_health("task-1"), Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_connection() {
+    let (backend, _seen) = backend().await;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = Proxy::new(
+        Settings {
+            max_connections_per_client: 5,
+            ..Settings::default()
+        },
+        tx,
+    );
+    proxy.set_routes("svc", vec![RouteSpec::default()]);
+    proxy.add_backend("svc", 0, "task-1", backend, true);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (signal, watch) = drain::channel();
+    let p = proxy.clone();
+    tokio::spawn(async move { p.serve(vec![l], watch).await });
+
+    // Ten idle connections from 127.0.0.1: five are kept, five closed.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut closed = 0;
+    for s in &idle {
+        let mut buf = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(100), s.peek(&mut buf)).await;
+        match r {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(closed, 5);
+    assert_eq!(proxy.rejected_connections(), 5);
+    assert_eq!(proxy.open_connections(), 5);
+
+    // Another client address is served meanwhile.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = sock
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    other.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The held connections free their places when they go.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(proxy.open_connections(), 0);
+    drop(signal);
+}
