@@ -6,7 +6,10 @@
 #      docker.io if needed, starts a private dockerd if none answers and stops
 #      it at the end, also on failure);
 #   2. builds the test image (skipped when the test binary is unchanged);
-#   3. runs cargo fmt --check, clippy -D warnings and every test;
+#   3. runs cargo fmt --check, clippy -D warnings and every test (unit
+#      tests, the supervisor's rule scenarios, a smoke run of each fuzz
+#      target, integration and chaos tests against the engine), then checks
+#      that no agent process was left behind;
 #   4. builds the .deb, installs, checks and purges it (tests/package.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +21,8 @@ command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
 command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
 command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing="$missing faketime"
+command -v prlimit >/dev/null 2>&1 || missing="$missing util-linux"
 if [ -n "$missing" ]; then
   log "installing$missing (socket activation, registry pull tests)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
@@ -33,7 +38,14 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-log "cargo test"
+log "cargo test (unit, rule scenarios, fuzz smoke, integration against the engine)"
 cargo test --locked --workspace -- --test-threads=4
+# The suite must leave nothing running behind it.
+sleep 1
+if pgrep -af 'target/debug/dockhand agent' >/dev/null; then
+  log "processes the tests left behind:"
+  pgrep -af 'target/debug/dockhand agent' >&2
+  exit 1
+fi
 log "package test"
 tests/package.sh

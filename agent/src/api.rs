@@ -71,6 +71,7 @@ pub async fn serve(listener: TcpListener, state: ApiState, shutdown: drain::Watc
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .half_close(true)
                 .max_buf_size(16 * 1024)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {

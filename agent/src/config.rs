@@ -12,22 +12,20 @@
 //! table drives parsing, `dockhand config check` and the reference in
 //! `docs/configuration.md`.
 
+use dockhand_model::conf::{
+    self, absolute_path, bounded, duration_in, non_empty, parse_bool, KeySpec, Scheme, DAY, HOUR,
+    MILLI, MINUTE, SECOND, ZERO,
+};
+pub use dockhand_model::conf::{
+    parse_duration, ConfigError, ConfigErrors, Source, EXIT_CONFIG, MAX_CONFIG_BYTES,
+};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ecs/ecs.config";
-
-/// Exit code for a configuration error: EX_CONFIG from sysexits.h, which the
-/// systemd unit names in `RestartPreventExitStatus=` so a bad config is not
-/// retried in a loop.
-pub const EXIT_CONFIG: u8 = 78;
-
-/// A config file larger than this is refused (they are a few hundred bytes).
-pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// How `ECS_IMAGE_PULL_BEHAVIOR` decides whether to pull (ECS semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,81 +100,11 @@ pub struct Config {
     pub docker_config_dir: PathBuf,
 }
 
-/// Where one setting's value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    Default,
-    File { path: PathBuf, line: usize },
-    Environment,
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Default => f.write_str("default"),
-            Source::File { path, line: 0 } => write!(f, "{}", path.display()),
-            Source::File { path, line } => write!(f, "{}:{line}", path.display()),
-            Source::Environment => f.write_str("environment"),
-        }
-    }
-}
-
-/// One invalid line or value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub source: Source,
-    /// The key, when the line had one.
-    pub key: Option<String>,
-    pub why: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.key {
-            Some(key) => write!(f, "{}: {key}: {}", self.source, self.why),
-            None => write!(f, "{}: {}", self.source, self.why),
-        }
-    }
-}
-
-/// Every problem found while loading, reported together.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-/// A loaded config, with the provenance of each key and the warnings met.
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    pub config: Config,
-    /// For every key in [`KEYS`]: its effective value as text, and its source.
-    pub effective: Vec<(&'static str, String, Source)>,
-    /// Ignored keys and similar: worth a log line, not a failure.
-    pub warnings: Vec<String>,
-}
-
-type Apply = fn(&mut Config, &str) -> Result<(), String>;
-
-/// One configuration key.
-pub struct KeySpec {
-    pub name: &'static str,
-    pub default: &'static str,
-    pub meaning: &'static str,
-    apply: Apply,
-}
+/// A loaded agent config.
+pub type Loaded = conf::Loaded<Config>;
 
 /// Every key the agent reads. ECS names where the meaning is ECS's.
-pub const KEYS: &[KeySpec] = &[
+pub const KEYS: &[KeySpec<Config>] = &[
     KeySpec {
         name: "ECS_CLUSTER",
         default: "default",
@@ -524,9 +452,21 @@ pub const KEYS: &[KeySpec] = &[
     },
 ];
 
-/// ECS agent keys that are read elsewhere or mean nothing on a Dockhand host
-/// yet, and so are accepted without a warning.
-const KNOWN_QUIET_ECS_KEYS: &[&str] = &["ECS_ENABLE_TASK_IAM_ROLE", "ECS_LOGFILE"];
+/// How the agent reads `ecs.config` and its environment: `DOCKHAND_*` is
+/// Dockhand's (an unknown one is an error), `ECS_*` the ECS agent's (an
+/// unknown one is warned about and ignored). The control endpoint's keys
+/// (`DOCKHAND_CONTROL_*`) in the environment are not the agent's business.
+pub const SCHEME: Scheme<Config> = Scheme {
+    keys: KEYS,
+    owned_prefixes: &["DOCKHAND_"],
+    foreign_prefixes: &["ECS_"],
+    // ECS agent keys read elsewhere or meaning nothing on a Dockhand host.
+    quiet: &["ECS_ENABLE_TASK_IAM_ROLE", "ECS_LOGFILE"],
+    from_env: |k| {
+        (k.starts_with("ECS_") || k.starts_with("DOCKHAND_") || k == "DOCKER_HOST")
+            && !k.starts_with("DOCKHAND_CONTROL_")
+    },
+};
 
 impl Config {
     /// The built-in defaults, as [`KEYS`] states them.
@@ -561,9 +501,9 @@ impl Config {
             proxy: dockhand_proxy::Settings::default(),
             docker_config_dir: PathBuf::from("/root/.docker"),
         };
-        for key in KEYS {
-            // The defaults are constants of this file, checked by a unit test.
-            (key.apply)(&mut c, key.default).expect("built-in default must parse");
+        // The defaults are constants of this file, checked by a unit test.
+        if let Err(e) = conf::defaults(&SCHEME, &mut c) {
+            unreachable!("built-in default must parse: {e}");
         }
         c
     }
@@ -604,116 +544,21 @@ impl Config {
         text: &str,
         env: &BTreeMap<String, String>,
     ) -> Result<Loaded, ConfigErrors> {
-        let mut errors = Vec::new();
-        let mut warnings = Vec::new();
-        // key -> (value, source); the environment overrides the file.
-        let mut chosen: BTreeMap<String, (String, Source)> = BTreeMap::new();
-
-        for (index, raw) in text.lines().enumerate() {
-            let source = Source::File {
-                path: path.to_path_buf(),
-                line: index + 1,
-            };
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let Some((key, value)) = line.split_once('=') else {
-                errors.push(ConfigError {
-                    source,
-                    key: None,
-                    why: format!("expected KEY=VALUE, got {line:?}"),
-                });
-                continue;
-            };
-            let key = key.trim();
-            match unquote(value.trim()) {
-                Ok(value) => {
-                    chosen.insert(key.to_string(), (value.to_string(), source));
-                }
-                Err(why) => errors.push(ConfigError {
-                    source,
-                    key: Some(key.to_string()),
-                    why,
-                }),
-            }
-        }
-        for (key, value) in env {
-            if is_config_key(key) {
-                chosen.insert(key.clone(), (value.trim().to_string(), Source::Environment));
-            }
-        }
-
-        let mut config = Config::defaults();
-        config.docker_config_dir = crate::registry::docker_config_dir(env);
-        let mut effective = Vec::with_capacity(KEYS.len());
-        for (key, (value, source)) in &chosen {
-            if KEYS.iter().any(|k| k.name == key) {
-                continue;
-            }
-            if key.starts_with("DOCKHAND_") {
-                let why = match did_you_mean(key) {
-                    Some(near) => format!("unknown key (did you mean {near}?)"),
-                    None => "unknown key".to_string(),
-                };
-                errors.push(ConfigError {
-                    source: source.clone(),
-                    key: Some(key.clone()),
-                    why,
-                });
-            } else if !KNOWN_QUIET_ECS_KEYS.contains(&key.as_str())
-                && (key.starts_with("ECS_") || matches!(source, Source::File { .. }))
-            {
-                warnings.push(format!(
-                    "{source}: {key}: not used by Dockhand, ignored (value {value:?})"
-                ));
-            }
-        }
-        for spec in KEYS {
-            match chosen.get(spec.name) {
-                Some((value, source)) => {
-                    if let Err(why) = (spec.apply)(&mut config, value) {
-                        errors.push(ConfigError {
-                            source: source.clone(),
-                            key: Some(spec.name.to_string()),
-                            why,
-                        });
-                    }
-                    effective.push((spec.name, value.clone(), source.clone()));
-                }
-                None => effective.push((spec.name, spec.default.to_string(), Source::Default)),
-            }
-        }
+        let mut defaults = Config::defaults();
+        defaults.docker_config_dir = crate::registry::docker_config_dir(env);
+        let loaded = conf::parse(&SCHEME, defaults, path, text, env)?;
+        let mut errors = loaded.config.cross_check(&loaded.effective);
         if errors.is_empty() {
-            errors.extend(config.cross_check(&effective));
-        }
-        // Report in reading order: the file by line, then the environment.
-        errors.sort_by_key(|e| match &e.source {
-            Source::File { line, .. } => (0, *line),
-            Source::Environment => (1, 0),
-            Source::Default => (2, 0),
-        });
-        if errors.is_empty() {
-            Ok(Loaded {
-                config,
-                effective,
-                warnings,
-            })
+            Ok(loaded)
         } else {
+            conf::sort(&mut errors);
             Err(ConfigErrors(errors))
         }
     }
 
     /// Checks between keys, once each key is valid on its own.
     fn cross_check(&self, effective: &[(&'static str, String, Source)]) -> Vec<ConfigError> {
-        let source_of = |name: &str| {
-            effective
-                .iter()
-                .find(|(n, _, _)| *n == name)
-                .map(|(_, _, s)| s.clone())
-                .unwrap_or(Source::Default)
-        };
+        let source_of = |name: &str| conf::source_of(effective, name);
         let mut errors = Vec::new();
         let (lo, hi) = self.dynamic_port_range;
         let reserved_in_range = self
@@ -737,131 +582,6 @@ impl Config {
         }
         errors
     }
-}
-
-fn is_config_key(key: &str) -> bool {
-    key.starts_with("ECS_") || key.starts_with("DOCKHAND_") || key == "DOCKER_HOST"
-}
-
-fn non_empty(v: &str) -> Result<String, String> {
-    if v.is_empty() {
-        Err("must not be empty".into())
-    } else {
-        Ok(v.to_string())
-    }
-}
-
-fn parse_bool(v: &str) -> Result<bool, String> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(format!("expected true or false, got {v:?}")),
-    }
-}
-
-const ZERO: Duration = Duration::ZERO;
-const MILLI: Duration = Duration::from_millis(1);
-const SECOND: Duration = Duration::from_secs(1);
-const MINUTE: Duration = Duration::from_secs(60);
-const HOUR: Duration = Duration::from_secs(3600);
-const DAY: Duration = Duration::from_secs(86_400);
-
-/// A duration within its documented range: every duration is added to
-/// clocks and deadlines, so an unbounded one would overflow them.
-fn duration_in(v: &str, lo: Duration, hi: Duration) -> Result<Duration, String> {
-    let d = parse_duration(v)?;
-    if d < lo || d > hi {
-        Err(format!(
-            "must be {}-{}, got {v:?}",
-            humantime::format_duration(lo),
-            humantime::format_duration(hi)
-        ))
-    } else {
-        Ok(d)
-    }
-}
-
-fn bounded(v: &str, lo: usize, hi: usize) -> Result<usize, String> {
-    match v.parse::<usize>() {
-        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-        _ => Err(format!("expected a whole number {lo}-{hi}, got {v:?}")),
-    }
-}
-
-fn absolute_path(v: &str) -> Result<PathBuf, String> {
-    let p = PathBuf::from(v);
-    if p.is_absolute() {
-        Ok(p)
-    } else {
-        Err(format!("expected an absolute path, got {v:?}"))
-    }
-}
-
-/// Strips one pair of matching single or double quotes.
-fn unquote(v: &str) -> Result<&str, String> {
-    for q in ['"', '\''] {
-        if let Some(rest) = v.strip_prefix(q) {
-            return rest
-                .strip_suffix(q)
-                .ok_or_else(|| format!("unterminated {q} quote"));
-        }
-    }
-    Ok(v)
-}
-
-/// Parses `300ms`, `30s`, `5m`, `3h`, and sums such as `1m30s`.
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let bad = || format!("expected a duration such as 300ms, 30s, 5m or 3h, got {v:?}");
-    let mut total = Duration::ZERO;
-    let mut rest = v.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let too_big = || format!("{v:?} is too large");
-        let n: u64 = rest[..digits].parse().map_err(|_| too_big())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_big)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_big)?),
-            _ => return Err(bad()),
-        };
-        total = total.checked_add(part).ok_or_else(too_big)?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
-/// The known key nearest to an unknown `DOCKHAND_*` one, if close enough.
-fn did_you_mean(key: &str) -> Option<&'static str> {
-    KEYS.iter()
-        .map(|k| (edit_distance(key, k.name), k.name))
-        .filter(|(d, _)| *d <= 4)
-        .min()
-        .map(|(_, name)| name)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -958,27 +678,6 @@ mod tests {
                 doc.contains(&row),
                 "docs/configuration.md lacks the row {row}"
             );
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(10800)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        for bad in [
-            "",
-            "s",
-            "30",
-            "1.5s",
-            "-1s",
-            "10d",
-            "18446744073709551616s",
-            "5124095576030432h",
-            "18446744073709551615s1s",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} must be rejected");
         }
     }
 

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod conf;
 pub mod error;
 pub mod instance;
 pub mod json;

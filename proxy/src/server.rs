@@ -195,6 +195,9 @@ async fn accept_loop(
                 .timer(TokioTimer::new())
                 .header_read_timeout(settings.idle_timeout)
                 .max_buf_size(settings.max_header_bytes.max(8192))
+                // A client that shuts its write side after sending its
+                // request (HTTP/1.0 tools, `nc -N`) still gets its answer.
+                .half_close(true)
                 .keep_alive(true);
             // hyper's default is 100 on the stack; any other count moves
             // header parsing to the heap, so only set it when asked.

@@ -106,6 +106,8 @@ async fn send(port: u16, bytes: Vec<u8>) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let _ = s.write_all(&bytes);
+        // Half-close, as HTTP/1.0 tools do: the request is complete.
+        let _ = s.shutdown(std::net::Shutdown::Write);
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         String::from_utf8_lossy(&out).into_owned()
@@ -144,6 +146,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<u16>, usize)> {
     };
     vec![
         ("plain", b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), vec![200], 1),
+        ("keep-alive, half-closed by the client", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), vec![200], 1),
         (
             "CL and TE together (TE wins, no smuggling)",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),

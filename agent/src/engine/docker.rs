@@ -174,6 +174,7 @@ impl Engine for DockerEngine {
             instance.to_string(),
             since,
             tx,
+            Arc::clone(&self.inspected),
         ));
         rx
     }
@@ -280,12 +281,15 @@ fn create_body(s: ContainerSpec) -> ContainerCreateBody {
 
 /// Forwards Docker's container events for this instance as wake-ups,
 /// re-opening the stream with backoff when Docker goes away. Each stream
-/// asks for events since the last one seen, so none fall in a gap.
+/// asks for events since the last one seen, so none fall in a gap. A
+/// container named in an event is inspected again at the next pass: the
+/// list can still say "running" just after a `die` event.
 async fn forward_events(
     docker: Docker,
     instance: String,
     since: SystemTime,
     tx: tokio::sync::mpsc::Sender<EngineEvent>,
+    inspected: Arc<Mutex<HashMap<String, (String, Observed)>>>,
 ) {
     let mut since_secs = since
         .duration_since(UNIX_EPOCH)
@@ -315,6 +319,12 @@ async fn forward_events(
                         since_secs = since_secs.max(t.max(0) as u64);
                     }
                     tracing::debug!(action = ev.action.as_deref().unwrap_or(""), "docker event");
+                    if let Some(id) = ev.actor.as_ref().and_then(|a| a.id.as_deref()) {
+                        inspected
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(id);
+                    }
                     // A full channel already holds a wake-up: nothing lost.
                     if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
                         tx.try_send(EngineEvent::Changed)
@@ -329,7 +339,8 @@ async fn forward_events(
             }
         }
         // The stream ended (Docker restarted or went away): anything may
-        // have changed, so ask for a full pass, then re-open.
+        // have changed, so inspect everything again, then re-open.
+        inspected.lock().unwrap_or_else(|p| p.into_inner()).clear();
         if tx.send(EngineEvent::Lost).await.is_err() {
             return;
         }

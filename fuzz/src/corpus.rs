@@ -1,0 +1,119 @@
+//! Seed inputs: valid and nearly valid examples of each input, which the
+//! mutator bends.
+
+use serde_json::json;
+
+pub fn configs() -> Vec<Vec<u8>> {
+    let mut every_key = String::new();
+    for k in dockhand_agent::config::KEYS {
+        every_key.push_str(&format!("{}={}\n", k.name, k.default));
+    }
+    vec![
+        b"ECS_CLUSTER=my-ecs-cluster\n".to_vec(),
+        every_key.into_bytes(),
+        b"# comment\n\n  ECS_CLUSTER = \"prod\" \nECS_LOGLEVEL='debug'\nexport ECS_RESERVED_MEMORY=256\n"
+            .to_vec(),
+        b"ECS_CONTAINER_STOP_TIMEOUT=1m30s\nDOCKHAND_PROXY_LISTEN=0.0.0.0:80,127.0.0.1:8080\nECS_RESERVED_PORTS=[22,2375]\nECS_DYNAMIC_HOST_PORT_RANGE=49153-65535\nECS_INSTANCE_ATTRIBUTES={\"stack\":\"prod\"}\n".to_vec(),
+        b"DOCKHAND_PROXY_IDLE_TIMEOUT=18446744073709551615s\nECS_ENGINE_TASK_CLEANUP_WAIT_DURATION=5124095576030431h\n".to_vec(),
+    ]
+}
+
+pub fn service_files() -> Vec<Vec<u8>> {
+    let article = json!({
+        "serviceName": "hello-world-service",
+        "desiredCount": 4,
+        "schedulingStrategy": "REPLICA",
+        "deploymentConfiguration": {"minimumHealthyPercent": 100, "maximumPercent": 200,
+            "deploymentCircuitBreaker": {"enable": true, "rollback": true}},
+        "healthCheckGracePeriodSeconds": 0,
+        "taskDefinition": {
+            "family": "hello-world-task",
+            "networkMode": "bridge",
+            "containerDefinitions": [{
+                "name": "hello-world-container",
+                "image": "training/webapp:latest",
+                "command": ["python", "app.py"],
+                "memory": 128,
+                "essential": true,
+                "portMappings": [{"containerPort": 5000, "hostPort": 0, "protocol": "tcp"}],
+                "environment": [{"name": "PROVIDER", "value": "ECS"}]
+            }]
+        },
+        "loadBalancers": [{
+            "containerName": "hello-world-container",
+            "containerPort": 5000,
+            "hosts": ["example.com", "*.example.org"],
+            "pathPrefix": "/",
+            "healthCheck": {"path": "/", "intervalSeconds": 5, "timeoutSeconds": 2,
+                            "healthyThresholdCount": 2, "unhealthyThresholdCount": 3,
+                            "matcher": "200-399"},
+            "deregistrationDelaySeconds": 30,
+            "loadBalancingAlgorithm": "round_robin"
+        }]
+    });
+    let rich = json!({
+        "serviceName": "rich", "desiredCount": 2,
+        "taskDefinition": {
+            "family": "rich", "networkMode": "bridge", "cpu": "1 vCPU", "memory": "0.5 GB",
+            "volumes": [{"name": "data", "host": {"sourcePath": "/srv/data"}}],
+            "executionRoleArn": "arn:aws:iam::1:role/x",
+            "containerDefinitions": [
+                {"name": "init", "image": "busybox", "essential": false, "memoryReservation": 16,
+                 "command": ["true"]},
+                {"name": "app", "image": "127.0.0.1:5000/app@sha256:abc", "memory": 64, "cpu": 256,
+                 "entryPoint": ["/app"], "user": "1000", "workingDirectory": "/srv",
+                 "stopTimeout": 10, "dockerLabels": {"team": "a"},
+                 "ulimits": [{"name": "nofile", "softLimit": 1024, "hardLimit": 4096}],
+                 "mountPoints": [{"sourceVolume": "data", "containerPath": "/data", "readOnly": true}],
+                 "logConfiguration": {"logDriver": "json-file", "options": {"max-size": "10m"}},
+                 "healthCheck": {"command": ["CMD-SHELL", "true"], "interval": 5, "timeout": 2,
+                                 "retries": 3, "startPeriod": 0},
+                 "dependsOn": [{"containerName": "init", "condition": "SUCCESS"}],
+                 "restartPolicy": {"enabled": true, "ignoredExitCodes": [0], "restartAttemptPeriod": 60},
+                 "portMappings": [{"containerPort": 80, "hostPort": 8080}, {"containerPort": 53, "protocol": "udp"}]}
+            ]
+        }
+    });
+    let host = json!({
+        "serviceName": "daemon", "schedulingStrategy": "DAEMON",
+        "taskDefinition": {"family": "d", "networkMode": "host", "memory": "64",
+            "containerDefinitions": [{"name": "d", "image": "x",
+                "portMappings": [{"containerPort": 9100}]}]}
+    });
+    vec![
+        serde_json::to_vec_pretty(&article).unwrap_or_default(),
+        serde_json::to_vec(&rich).unwrap_or_default(),
+        serde_json::to_vec(&host).unwrap_or_default(),
+        br#"{"serviceName": "x", "serviceName": "y"}"#.to_vec(),
+    ]
+}
+
+pub fn http_requests() -> Vec<Vec<u8>> {
+    let mut chunked =
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    chunked.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
+    vec![
+        b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".to_vec(),
+        b"GET /headers?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close, X-A\r\nX-A: 1\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n".to_vec(),
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        chunked,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nping".to_vec(),
+        b"GET http://x/abs HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n".to_vec(),
+    ]
+}
+
+pub fn api_requests() -> Vec<Vec<u8>> {
+    [
+        "/v1/metadata",
+        "/v1/tasks",
+        "/v1/services",
+        "/v1/changes?after=0",
+        "/metrics",
+    ]
+    .iter()
+    .map(|p| format!("GET {p} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes())
+    .chain([b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}".to_vec()])
+    .collect()
+}

@@ -1,0 +1,207 @@
+//! The server targets: raw bytes on loopback sockets to an in-process
+//! proxy (in front of a real backend) and to the agent's local API.
+
+use crate::{corpus, first_line, is_http_or_closed, mutate, runtime, Outcome, Rng, Shared};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Clients sending cases at once.
+const CLIENTS: usize = 8;
+/// A good request must be answered after this many cases per client.
+const LIVENESS_EVERY: u64 = 200;
+
+/// A backend answering `200 ok` to everything, echoing nothing.
+async fn backend() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a backend");
+    let addr = l.local_addr().expect("backend address");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends one case and reads the answer (until close, or a second).
+async fn exchange(port: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(bytes).await?;
+    // Half-close: the server sees the end of the request stream.
+    s.shutdown().await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut out)).await;
+    Ok(out)
+}
+
+/// Runs clients against `port` until `time` is over: each case must get
+/// an HTTP answer or a clean close; now and then a good request must get
+/// 200.
+async fn drive(
+    port: u16,
+    seeds: Vec<Vec<u8>>,
+    good: &'static [u8],
+    time: Duration,
+    seed: u64,
+    out: Shared,
+) {
+    let start = Instant::now();
+    let seeds = Arc::new(seeds);
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let seeds = Arc::clone(&seeds);
+        let out = Arc::clone(&out);
+        clients.push(tokio::spawn(async move {
+            let mut rng = Rng::new(seed.wrapping_add(c as u64 * 7919));
+            let mut n = 0u64;
+            while start.elapsed() < time {
+                let a = &seeds[rng.below(seeds.len())];
+                let b = &seeds[rng.below(seeds.len())];
+                let input = mutate(&mut rng, a, b);
+                let answer = exchange(port, &input).await;
+                n += 1;
+                {
+                    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+                    o.cases += 1;
+                    match answer {
+                        Ok(a) if a.starts_with(b"HTTP/1.1 2") || a.starts_with(b"HTTP/1.0 2") => {
+                            o.accepted += 1
+                        }
+                        Ok(a) if is_http_or_closed(&a) => {}
+                        Ok(a) => o.fail(format!("not an HTTP answer: {:?}", first_line(&a))),
+                        // Reset by the server: a clean refusal too.
+                        Err(_) => {}
+                    }
+                }
+                if n.is_multiple_of(LIVENESS_EVERY) {
+                    let answer = exchange(port, good).await;
+                    let ok = answer
+                        .as_ref()
+                        .is_ok_and(|a| a.starts_with(b"HTTP/1.1 200"));
+                    if !ok {
+                        let got = match &answer {
+                            Ok(a) => first_line(a),
+                            Err(e) => e.to_string(),
+                        };
+                        out.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .fail(format!("a good request was not answered 200: {got:?}"));
+                    }
+                }
+            }
+        }));
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+}
+
+/// The proxy's request path.
+pub fn proxy(time: Duration, seed: u64) -> Outcome {
+    let out: Shared = Arc::new(Mutex::new(Outcome {
+        target: "proxy",
+        ..Outcome::default()
+    }));
+    let rt = runtime();
+    rt.block_on(async {
+        let backend = backend().await;
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let proxy = dockhand_proxy::Proxy::new(
+            dockhand_proxy::Settings {
+                max_header_bytes: 8192,
+                idle_timeout: Duration::from_secs(2),
+                ..dockhand_proxy::Settings::default()
+            },
+            tx,
+        );
+        proxy.set_routes("fuzz", vec![dockhand_proxy::RouteSpec::default()]);
+        proxy.add_backend("fuzz", 0, "task", backend, true);
+        // An adopted backend needs one passing check.
+        for _ in 0..100 {
+            if proxy.task_health("task") == Some(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = l.local_addr().expect("proxy address").port();
+        let (signal, watch) = drain::channel();
+        let p = proxy.clone();
+        let server = tokio::spawn(async move { p.serve(vec![l], watch).await });
+        drive(
+            port,
+            corpus::http_requests(),
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            time,
+            seed,
+            Arc::clone(&out),
+        )
+        .await;
+        if proxy.task_health("task") != Some(true) {
+            out.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fail("the backend was taken out of rotation by client input".into());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), signal.drain()).await;
+        server.abort();
+    });
+    let o = out.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    o
+}
+
+/// The agent's local API.
+pub fn api(time: Duration, seed: u64) -> Outcome {
+    let out: Shared = Arc::new(Mutex::new(Outcome {
+        target: "api",
+        ..Outcome::default()
+    }));
+    let rt = runtime();
+    rt.block_on(async {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let proxy = dockhand_proxy::Proxy::new(dockhand_proxy::Settings::default(), tx);
+        let state = dockhand_agent::api::ApiState {
+            status: Arc::new(RwLock::new(dockhand_agent::status::Snapshot::default())),
+            proxy,
+            changes: Arc::new(dockhand_agent::changes::Changes::default()),
+        };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the API");
+        let port = l.local_addr().expect("API address").port();
+        let (signal, watch) = drain::channel();
+        let server = tokio::spawn(dockhand_agent::api::serve(l, state, watch));
+        drive(
+            port,
+            corpus::api_requests(),
+            b"GET /v1/metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            time,
+            seed,
+            Arc::clone(&out),
+        )
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), signal.drain()).await;
+        server.abort();
+    });
+    let o = out.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    o
+}
