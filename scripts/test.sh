@@ -7,9 +7,10 @@
 #      it at the end, also on failure);
 #   2. builds the test image (skipped when the test binary is unchanged);
 #   3. runs cargo fmt --check, clippy -D warnings and every test (unit
-#      tests, the supervisor's rule scenarios, a smoke run of each fuzz
-#      target, integration and chaos tests against the engine), then checks
-#      that no agent process was left behind;
+#      tests, the supervisor's and the scheduler's rule scenarios, a smoke
+#      run of each fuzz target, integration and chaos tests against the
+#      engine, the control endpoint driven by the real AWS CLI), then checks
+#      that no agent or control process was left behind;
 #   4. builds the .deb, installs, checks and purges it (tests/package.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,12 @@ if [ -n "$missing" ]; then
   log "installing$missing (socket activation, registry pull tests)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
+if ! command -v aws >/dev/null 2>&1; then
+  log "installing the AWS CLI from PyPI (the control endpoint's tests drive it as the operator)"
+  python3 -m pip install -q awscli 2>/dev/null || python3 -m pip install -q --break-system-packages awscli
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+  hash -r
+fi
 # The Debian package starts a system registry on :5000; the tests run their own.
 systemctl stop docker-registry >/dev/null 2>&1 || true
 log "Docker engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST"
@@ -42,9 +49,9 @@ log "cargo test (unit, rule scenarios, fuzz smoke, integration against the engin
 cargo test --locked --workspace -- --test-threads=4
 # The suite must leave nothing running behind it.
 sleep 1
-if pgrep -af 'target/debug/dockhand agent' >/dev/null; then
+if pgrep -af 'target/debug/dockhand (agent|control)' >/dev/null; then
   log "processes the tests left behind:"
-  pgrep -af 'target/debug/dockhand agent' >&2
+  pgrep -af 'target/debug/dockhand (agent|control)' >&2
   exit 1
 fi
 log "package test"

@@ -28,6 +28,15 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Run the control endpoint: the ECS API (`aws ecs --endpoint-url`),
+    /// the scheduler and the deployments of a cluster of hosts.
+    Control {
+        /// Config file (KEY=VALUE), default /etc/dockhand/control.conf.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<ControlCommand>,
+    },
     /// Validate the configuration and print the effective settings.
     Config {
         #[command(subcommand)]
@@ -60,6 +69,37 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Subcommand)]
+enum ControlCommand {
+    /// Access keys of the control endpoint.
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Exit 0 if the config is valid, 78 (EX_CONFIG) with every error if
+    /// not; print the effective settings.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Append a fresh key to the credentials file (mode 0600) and print
+    /// its profile, ready for ~/.aws/credentials or ecs.config.
+    New {
+        /// `operator` (every operation) or `instance` (what an agent does).
+        #[arg(long, value_parser = ["operator", "instance"])]
+        role: String,
+        /// The cluster an instance key may join (repeat for several).
+        #[arg(long = "cluster", value_name = "NAME")]
+        clusters: Vec<String>,
+        /// The profile name (default: operator, or CLUSTER-instances).
+        #[arg(long)]
+        profile: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Exit 0 if the config is valid, 78 (EX_CONFIG) with every error if not.
     Check {
@@ -73,17 +113,143 @@ fn load(config: Option<PathBuf>) -> Option<dockhand_agent::config::Loaded> {
     let required = config.is_some();
     let path = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    match Config::load(&path, required, &env) {
-        Ok(loaded) => Some(loaded),
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("config error: {e}");
-            }
-            eprintln!(
-                "{} configuration error(s); nothing was started",
-                errors.0.len()
-            );
+    Config::load(&path, required, &env)
+        .map_err(|e| print_config_errors(&e))
+        .ok()
+}
+
+/// Prints every configuration error, and that nothing was started.
+fn print_config_errors(errors: &dockhand_model::conf::ConfigErrors) {
+    for e in &errors.0 {
+        eprintln!("config error: {e}");
+    }
+    eprintln!(
+        "{} configuration error(s); nothing was started",
+        errors.0.len()
+    );
+}
+
+/// `config check`: the warnings, then each key's effective value and
+/// where it came from.
+fn print_check(warnings: &[String], effective: &[(&str, String, dockhand_model::conf::Source)]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    let width = effective.iter().map(|e| e.0.len()).max().unwrap_or(0);
+    for (key, value, source) in effective {
+        println!("{key:<width$}  {value:<32}  # {source}");
+    }
+}
+
+/// Loads the control endpoint's config, printing every error.
+fn load_control(config: Option<PathBuf>) -> Option<dockhand_control::config::Loaded> {
+    let required = config.is_some();
+    let path =
+        config.unwrap_or_else(|| PathBuf::from(dockhand_control::config::DEFAULT_CONFIG_PATH));
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    dockhand_control::config::Config::load(&path, required, &env)
+        .map_err(|e| print_config_errors(&e))
+        .ok()
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
             None
+        }
+    }
+}
+
+fn control(config: Option<PathBuf>, command: Option<ControlCommand>) -> ExitCode {
+    use dockhand_control::credentials::{append_new, Role};
+    let Some(loaded) = load_control(config) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let cfg = loaded.config;
+    match command {
+        Some(ControlCommand::Check) => {
+            print_check(&loaded.warnings, &loaded.effective);
+            ExitCode::SUCCESS
+        }
+        Some(ControlCommand::Credentials {
+            command:
+                CredentialsCommand::New {
+                    role,
+                    clusters,
+                    profile,
+                },
+        }) => {
+            let role = if role == "operator" {
+                if !clusters.is_empty() {
+                    eprintln!("dockhand control credentials new: --cluster is for instance keys (operator keys may act on every cluster)");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                Role::Operator
+            } else {
+                if clusters.is_empty() {
+                    eprintln!("dockhand control credentials new: an instance key needs --cluster NAME (the cluster its hosts join; * for any)");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                Role::Instance {
+                    clusters: clusters.clone(),
+                }
+            };
+            let profile = profile.unwrap_or_else(|| match &role {
+                Role::Operator => "operator".to_string(),
+                Role::Instance { clusters } => {
+                    format!("{}-instances", clusters[0].replace('*', "any"))
+                }
+            });
+            match append_new(&cfg.credentials, &profile, &role) {
+                Ok(text) => {
+                    eprintln!(
+                        "appended profile [{profile}] to {}",
+                        cfg.credentials.display()
+                    );
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dockhand control credentials new: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(ControlCommand::Migrate) => {
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(dockhand_control::migrate(&cfg)) {
+                Ok(v) => {
+                    println!("schema version {v}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dockhand control migrate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => {
+            dockhand_control::init_logging(&cfg);
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(dockhand_control::run(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
@@ -91,24 +257,14 @@ fn load(config: Option<PathBuf>) -> Option<dockhand_agent::config::Loaded> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Control { config, command } => control(config, command),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => {
             let Some(loaded) = load(config) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            for w in &loaded.warnings {
-                eprintln!("warning: {w}");
-            }
-            let width = loaded
-                .effective
-                .iter()
-                .map(|e| e.0.len())
-                .max()
-                .unwrap_or(0);
-            for (key, value, source) in &loaded.effective {
-                println!("{key:<width$}  {value:<32}  # {source}");
-            }
+            print_check(&loaded.warnings, &loaded.effective);
             ExitCode::SUCCESS
         }
         Command::Status { config, json } => {
@@ -164,15 +320,8 @@ fn main() -> ExitCode {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(cause = %e, "cannot start the async runtime");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match runtime.block_on(dockhand_agent::run(loaded.config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -29,7 +29,6 @@ pub mod metrics;
 pub mod notify;
 pub mod ports;
 pub mod registry;
-pub mod rollout;
 pub mod router;
 pub mod status;
 pub mod store;

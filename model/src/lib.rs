@@ -10,6 +10,12 @@
 //! - [`task`]: task and container states and the state-change reports an
 //!   agent sends upward (`SubmitTaskStateChange`'s shape).
 //! - [`instance`]: container instances: resources and attributes.
+//! - [`rollout`]: which tasks a service starts and stops to reach its
+//!   count and revision within `deploymentConfiguration` (the agent plans
+//!   one host with it, the control endpoint a cluster).
+//! - [`protocol`]: the calls between a managed agent and the control
+//!   endpoint.
+//! - [`conf`]: `KEY=VALUE` configuration files.
 //!
 //! Nothing here does I/O, and nothing depends on an async runtime, Docker or
 //! the proxy: parsing is a pure function of its input, which is untrusted
@@ -22,6 +28,8 @@ pub mod conf;
 pub mod error;
 pub mod instance;
 pub mod json;
+pub mod protocol;
+pub mod rollout;
 pub mod route;
 pub mod service;
 pub mod task;

@@ -275,6 +275,99 @@ impl LoadBalancer {
     }
 }
 
+/// The `dockerLabels` of a routed container that set its route when the
+/// service comes through the ECS API (whose `loadBalancers` entries only
+/// have `containerName` and `containerPort`): each is the service file's
+/// field of the same meaning.
+pub const LB_LABELS: &[&str] = &[
+    "dockhand.lb.hosts",
+    "dockhand.lb.path-prefix",
+    "dockhand.lb.health-check.path",
+    "dockhand.lb.health-check.interval-seconds",
+    "dockhand.lb.health-check.timeout-seconds",
+    "dockhand.lb.health-check.healthy-threshold",
+    "dockhand.lb.health-check.unhealthy-threshold",
+    "dockhand.lb.health-check.matcher",
+    "dockhand.lb.deregistration-delay-seconds",
+    "dockhand.lb.algorithm",
+];
+
+impl LoadBalancer {
+    /// The route of an ECS API `loadBalancers` entry for container
+    /// `container_name`: defaults, overridden by that container's
+    /// `dockhand.lb.*` labels; checked against the task definition. Errors
+    /// name the label (`containerDefinitions[i].dockerLabels.<name>`).
+    pub fn from_api(
+        container_name: &str,
+        container_port: i64,
+        td: &TaskDefinition,
+    ) -> Result<LoadBalancer, Vec<SpecError>> {
+        let mut lb = LoadBalancer {
+            container_name: container_name.to_string(),
+            container_port,
+            hosts: Vec::new(),
+            path_prefix: None,
+            health_check: None,
+            deregistration_delay_seconds: None,
+            load_balancing_algorithm: None,
+        };
+        let mut e = Errors::default();
+        if let Some((i, c)) = td
+            .container_definitions
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == container_name)
+        {
+            let path = format!("containerDefinitions[{i}].dockerLabels");
+            let mut hc = TargetHealthCheck::default();
+            for (k, v) in c.docker_labels.range("dockhand.lb.".to_string()..) {
+                if !k.starts_with("dockhand.lb.") {
+                    break;
+                }
+                let mut int = |slot: &mut Option<i64>| match v.trim().parse::<i64>() {
+                    Ok(n) => *slot = Some(n),
+                    Err(_) => e.at(&path, k, format!("expected a whole number, got {v:?}")),
+                };
+                match k.as_str() {
+                    "dockhand.lb.hosts" => {
+                        lb.hosts = v
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|h| !h.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    }
+                    "dockhand.lb.path-prefix" => lb.path_prefix = Some(v.clone()),
+                    "dockhand.lb.health-check.path" => hc.path = Some(v.clone()),
+                    "dockhand.lb.health-check.interval-seconds" => int(&mut hc.interval_seconds),
+                    "dockhand.lb.health-check.timeout-seconds" => int(&mut hc.timeout_seconds),
+                    "dockhand.lb.health-check.healthy-threshold" => {
+                        int(&mut hc.healthy_threshold_count)
+                    }
+                    "dockhand.lb.health-check.unhealthy-threshold" => {
+                        int(&mut hc.unhealthy_threshold_count)
+                    }
+                    "dockhand.lb.health-check.matcher" => hc.matcher = Some(v.clone()),
+                    "dockhand.lb.deregistration-delay-seconds" => {
+                        int(&mut lb.deregistration_delay_seconds)
+                    }
+                    "dockhand.lb.algorithm" => lb.load_balancing_algorithm = Some(v.clone()),
+                    _ => e.at(
+                        &path,
+                        k,
+                        format!("unknown route label; one of {}", LB_LABELS.join(", ")),
+                    ),
+                }
+            }
+            if hc != TargetHealthCheck::default() {
+                lb.health_check = Some(hc);
+            }
+        }
+        lb.check("", td, &mut e);
+        e.into_result().map(|()| lb)
+    }
+}
+
 /// Fields AWS uses that mean nothing on one host: accepted, warned, ignored.
 pub const IGNORED_SERVICE: &[&str] = &[
     "cluster",
@@ -636,5 +729,62 @@ mod tests {
         let text = include_str!("../../examples/hello-world-service.json");
         let p = ServiceSpec::parse(text).unwrap();
         assert_eq!(p.spec.task_definition.digest(), "9366fa115adb5755");
+    }
+
+    #[test]
+    fn api_routes_take_their_settings_from_the_container_labels() {
+        let mut doc = article_service()["taskDefinition"].clone();
+        let td = TaskDefinition::from_json(doc.clone())
+            .unwrap()
+            .task_definition;
+        let lb = LoadBalancer::from_api("hello-world-container", 5000, &td).unwrap();
+        assert_eq!(lb.route_settings(0).health_check.path, "/");
+        assert!(lb.hosts.is_empty());
+
+        doc["containerDefinitions"][0]["dockerLabels"] = json!({
+            "dockhand.lb.hosts": "a.example, b.example",
+            "dockhand.lb.health-check.path": "/health",
+            "dockhand.lb.health-check.interval-seconds": "5",
+            "dockhand.lb.deregistration-delay-seconds": "3",
+        });
+        let td = TaskDefinition::from_json(doc.clone())
+            .unwrap()
+            .task_definition;
+        let lb = LoadBalancer::from_api("hello-world-container", 5000, &td).unwrap();
+        let r = lb.route_settings(0);
+        assert_eq!(r.hosts, ["a.example", "b.example"]);
+        assert_eq!(r.health_check.path, "/health");
+        assert_eq!(r.health_check.interval, Duration::from_secs(5));
+        assert_eq!(r.deregistration_delay, Duration::from_secs(3));
+
+        doc["containerDefinitions"][0]["dockerLabels"] = json!({
+            "dockhand.lb.health-check.interval-seconds": "often",
+            "dockhand.lb.colour": "blue",
+            "dockhand.lb.health-check.timeout-seconds": "999",
+        });
+        let td = TaskDefinition::from_json(doc).unwrap().task_definition;
+        let errors: Vec<String> = LoadBalancer::from_api("hello-world-container", 5000, &td)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].contains("dockerLabels.dockhand.lb.colour: unknown route label"),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("interval-seconds: expected a whole number")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("timeoutSeconds: must be")),
+            "{errors:?}"
+        );
+
+        assert!(LoadBalancer::from_api("nope", 5000, &td).is_err());
+        assert!(LoadBalancer::from_api("hello-world-container", 80, &td).is_err());
     }
 }

@@ -127,4 +127,8 @@ pub struct TaskStateChange {
     pub containers: Vec<ContainerStateChange>,
     /// Unix milliseconds when the agent saw the change.
     pub at_ms: u64,
+    /// The task stopped because its host's container engine went away, not
+    /// of its own accord: replaced, but not held against its service.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub engine_failure: bool,
 }

@@ -9,6 +9,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the rig.
 
+pub mod control;
+pub mod sim;
+
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
 use bollard::Docker;
 use serde_json::{json, Value};

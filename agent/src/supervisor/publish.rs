@@ -306,6 +306,11 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                     health_status: health,
                     containers,
                     at_ms: now,
+                    engine_failure: stopping
+                        && rec
+                            .stop_reason
+                            .as_deref()
+                            .is_some_and(|r| r.contains("container engine went away")),
                 },
             });
         }
@@ -337,6 +342,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                     health_status: HealthStatus::Unknown,
                     containers: Vec::new(),
                     at_ms: now,
+                    engine_failure: false,
                 },
             });
         }
