@@ -44,6 +44,8 @@ pub struct Control {
     leader: std::sync::atomic::AtomicBool,
     /// Set when the process is stopping: held polls answer at once.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Agents' reports, to the group commit ([`api::agent::run_reports`]).
+    pub reports: tokio::sync::mpsc::Sender<api::agent::PendingReport>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +64,18 @@ pub enum ControlError {
 }
 
 impl Control {
-    pub fn new(cfg: Config, store: store::Store, creds: credentials::Credentials) -> Control {
-        Control {
+    /// The control and the receiving end of its report queue (for
+    /// [`api::agent::run_reports`]).
+    pub fn new(
+        cfg: Config,
+        store: store::Store,
+        creds: credentials::Credentials,
+    ) -> (
+        Control,
+        tokio::sync::mpsc::Receiver<api::agent::PendingReport>,
+    ) {
+        let (reports, queue) = tokio::sync::mpsc::channel(4096);
+        let ctl = Control {
             cfg,
             store,
             creds,
@@ -72,7 +84,9 @@ impl Control {
             taskdefs: Mutex::new(HashMap::new()),
             leader: std::sync::atomic::AtomicBool::new(true),
             closing: tokio::sync::watch::channel(false).0,
-        }
+            reports,
+        };
+        (ctl, queue)
     }
 
     /// `arn:aws:ecs:REGION:ACCOUNT:` followed by `rest`.
@@ -128,6 +142,22 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner())
             .insert(arn.to_string(), Arc::clone(&td));
         Ok(Some(td))
+    }
+
+    /// Wakes the held polls of `arns`, instances of `cluster` (one query
+    /// for the whole cluster, for the scheduler's large passes).
+    pub async fn notify_cluster(&self, cluster: &str, arns: &BTreeSet<String>) {
+        if arns.is_empty() {
+            return;
+        }
+        let Ok(mut c) = self.store.read().await else {
+            return;
+        };
+        if let Ok(seqs) = store::desired_seqs(&mut c, cluster).await {
+            for (arn, seq) in seqs.iter().filter(|(a, _)| arns.contains(a)) {
+                self.notifier.desired_changed(arn, *seq);
+            }
+        }
     }
 
     /// Wakes the held polls of `arns` (their desired sets changed).
@@ -228,7 +258,9 @@ pub async fn run(
         region = %cfg.region,
         "dockhand control listening"
     );
-    let ctl = Arc::new(Control::new(cfg, store, creds));
+    let (ctl, queue) = Control::new(cfg, store, creds);
+    let ctl = Arc::new(ctl);
+    let reports = tokio::spawn(api::agent::run_reports(Arc::clone(&ctl), queue));
     let (signal, watch) = drain::channel();
     let server = tokio::spawn(http::serve(Arc::clone(&ctl), listener, tls, watch.clone()));
     let scheduler = tokio::spawn(scheduler::run(Arc::clone(&ctl), watch));
@@ -239,6 +271,7 @@ pub async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), signal.drain()).await;
     server.abort();
     scheduler.abort();
+    reports.abort();
     ctl.store.close().await;
     Ok(())
 }

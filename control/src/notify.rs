@@ -1,9 +1,10 @@
 //! Wake-ups for agents' polls: each container instance has a watch of its
 //! desired sequence. A change that alters an instance's task set bumps the
 //! sequence in the database and, after commit, here, so a poll held open
-//! answers at once. Polls also look at the database every
+//! answers at once. On PostgreSQL, polls also look at the database every
 //! [`RECHECK`] (a change made by another replica of the control endpoint
-//! reaches them that way).
+//! reaches them that way); an SQLite file has one process, whose changes
+//! all come through here.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

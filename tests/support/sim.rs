@@ -117,6 +117,13 @@ impl Conn {
                 message: e.to_string(),
             })?;
         let tx = self.open().await?;
+        if tx.ready().await.is_err() {
+            self.tx = None;
+            return Err(CallError {
+                code: "Transport".into(),
+                message: "the connection closed".into(),
+            });
+        }
         let resp = match tx.send_request(req).await {
             Ok(r) => r,
             Err(e) => {
@@ -143,6 +150,18 @@ impl Conn {
                 code: v["__type"].as_str().unwrap_or("Http").to_string(),
                 message: v["message"].as_str().unwrap_or("").to_string(),
             })
+        }
+    }
+}
+
+/// Latencies of calls, microseconds, by kind (for the benchmark).
+pub static LATENCIES: Mutex<Vec<(&'static str, u32)>> = Mutex::new(Vec::new());
+
+pub fn record(kind: &'static str, since: Instant) {
+    let us = since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    if let Ok(mut l) = LATENCIES.lock() {
+        if l.len() < 10_000_000 {
+            l.push((kind, us));
         }
     }
 }
@@ -242,7 +261,9 @@ pub async fn register(
     if let Some(a) = arn {
         body["containerInstanceArn"] = json!(a);
     }
+    let sent = Instant::now();
     let v = conn.call(&ecs("RegisterContainerInstance"), &body).await?;
+    record("RegisterContainerInstance", sent);
     Ok(v["containerInstance"]["containerInstanceArn"]
         .as_str()
         .unwrap_or("")
@@ -507,11 +528,13 @@ async fn reporter(
             container_instance: arn,
             changes: batch,
         };
+        let sent = Instant::now();
         match conn
             .call(REPORT, &serde_json::to_value(&req).unwrap_or_default())
             .await
         {
             Ok(v) => {
+                record("ReportTaskStates", sent);
                 let acked = serde_json::from_value::<ReportResponse>(v)
                     .map(|r| r.acknowledged)
                     .unwrap_or(0);

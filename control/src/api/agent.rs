@@ -22,7 +22,7 @@ use dockhand_model::task::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// Answers a `DockhandAgentV1.<op>` call.
@@ -82,6 +82,12 @@ pub async fn poll(ctl: &Control, caller: &Caller, body: &Value) -> ApiResult {
     let deadline = tokio::time::Instant::now() + wait;
     let mut rx = ctl.notifier.subscribe(&arn, seq);
     let mut closing = ctl.closing.subscribe();
+    // One process owns an SQLite file: every change is announced by the
+    // notifier. With PostgreSQL another replica may have made it.
+    let recheck = match ctl.store.kind {
+        store::Kind::Sqlite => wait,
+        store::Kind::Postgres => crate::notify::RECHECK,
+    };
     while seq.max(0) as u64 == req.sequence && !*closing.borrow() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
@@ -90,7 +96,7 @@ pub async fn poll(ctl: &Control, caller: &Caller, body: &Value) -> ApiResult {
         tokio::select! {
             _ = rx.changed() => {}
             _ = closing.changed() => {}
-            _ = tokio::time::sleep(crate::notify::RECHECK.min(left)) => {}
+            _ = tokio::time::sleep(recheck.min(left)) => {}
         }
         let mut c = ctl.store.read().await?;
         match store::instance_head(&mut c, &arn).await? {
@@ -235,64 +241,125 @@ fn apply_change(t: &mut TaskRec, ch: &TaskStateChange, now: i64) -> bool {
     before != (t.last_status, t.health_status) || ch.status == TaskStatus::Stopped
 }
 
-/// Stores a batch of changes of one instance's tasks: the task records,
-/// failures counted against their services. With `applied`, changes of
-/// a sequence up to it are repeats, skipped; returns the highest sequence
-/// applied, and whether the scheduler should look.
-async fn store_changes(
-    ctl: &Control,
-    tx: &mut sqlx::AnyConnection,
-    instance: &InstanceRec,
-    changes: &[TaskStateChange],
-    applied: Option<u64>,
-) -> Result<(u64, bool), ApiError> {
-    let now = crate::ids::now_ms();
-    let mut tasks: BTreeMap<String, TaskRec> = BTreeMap::new();
-    let mut highest = applied.unwrap_or(0);
-    let mut wake = false;
-    for ch in changes {
-        if applied.is_some_and(|a| ch.sequence <= a) {
-            continue;
-        }
-        highest = highest.max(ch.sequence);
-        let arn = super::tasks::task_arn(ctl, &instance.cluster, &ch.task);
-        if !tasks.contains_key(&arn) {
-            match store::get_task(tx, &arn).await? {
-                Some(t) if t.container_instance == instance.arn => {
-                    tasks.insert(arn.clone(), t);
-                }
-                // Not this instance's task: acknowledged and dropped.
-                _ => continue,
-            }
-        }
-        if let Some(t) = tasks.get_mut(&arn) {
-            wake |= apply_change(t, ch, now);
-        }
-    }
-    let mut services: BTreeMap<String, crate::records::ServiceRec> = BTreeMap::new();
-    for t in tasks.values_mut() {
-        if t.failed && !t.failure_counted {
-            t.failure_counted = true;
-            if let Some(name) = &t.service {
-                if !services.contains_key(name) {
-                    if let Some(s) = store::get_service(tx, &t.cluster, name).await? {
-                        services.insert(name.clone(), s);
-                    }
-                }
-                if let Some(s) = services.get_mut(name) {
-                    plan::count_failure(s, t, now);
-                }
-            }
-        }
-        store::put_task(tx, t).await?;
-    }
-    for s in services.values() {
-        store::put_service(tx, s).await?;
-    }
-    Ok((highest, wake))
+/// Changes being applied in one transaction: the tasks they touch, read
+/// once, changed in memory, written once.
+#[derive(Default)]
+pub struct Batch {
+    tasks: HashMap<String, TaskRec>,
+    changed: BTreeSet<String>,
+    /// Something the scheduler looks at changed.
+    pub wake: bool,
 }
 
-/// The reports: changes in order, each applied once.
+impl Batch {
+    /// Reads the tasks `arns` names that are not read yet.
+    pub async fn load(
+        &mut self,
+        tx: &mut sqlx::AnyConnection,
+        arns: &[String],
+    ) -> Result<(), ApiError> {
+        let missing: Vec<&str> = arns
+            .iter()
+            .filter(|a| !self.tasks.contains_key(*a))
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for t in store::get_tasks(tx, &missing).await? {
+            self.tasks.insert(t.arn.clone(), t);
+        }
+        Ok(())
+    }
+
+    /// Applies one instance's changes. With `applied`, changes of a
+    /// sequence up to it are repeats, skipped. Returns the highest
+    /// sequence applied (or `applied`).
+    pub fn apply(
+        &mut self,
+        instance: &InstanceRec,
+        arns: &[String],
+        changes: &[TaskStateChange],
+        applied: Option<u64>,
+        now: i64,
+    ) -> u64 {
+        let mut highest = applied.unwrap_or(0);
+        for (ch, arn) in changes.iter().zip(arns) {
+            if applied.is_some_and(|a| ch.sequence <= a) {
+                continue;
+            }
+            highest = highest.max(ch.sequence);
+            // Not this instance's task: acknowledged and dropped.
+            if let Some(t) = self
+                .tasks
+                .get_mut(arn)
+                .filter(|t| t.container_instance == instance.arn)
+            {
+                self.wake |= apply_change(t, ch, now);
+                self.changed.insert(arn.clone());
+            }
+        }
+        highest
+    }
+
+    /// Counts new failures against their services and writes everything
+    /// changed.
+    pub async fn write(self, tx: &mut sqlx::AnyConnection, now: i64) -> Result<bool, ApiError> {
+        let Batch {
+            mut tasks,
+            changed,
+            wake,
+        } = self;
+        let mut services: BTreeMap<(String, String), crate::records::ServiceRec> = BTreeMap::new();
+        for arn in &changed {
+            let Some(t) = tasks.get_mut(arn) else {
+                continue;
+            };
+            if !t.failed || t.failure_counted {
+                continue;
+            }
+            t.failure_counted = true;
+            let Some(name) = t.service.clone() else {
+                continue;
+            };
+            let key = (t.cluster.clone(), name);
+            if !services.contains_key(&key) {
+                if let Some(s) = store::get_service(tx, &key.0, &key.1).await? {
+                    services.insert(key.clone(), s);
+                }
+            }
+            if let Some(s) = services.get_mut(&key) {
+                plan::count_failure(s, t, now);
+            }
+        }
+        let list: Vec<&TaskRec> = changed.iter().filter_map(|a| tasks.get(a)).collect();
+        store::put_tasks(tx, &list).await?;
+        for s in services.values() {
+            store::put_service(tx, s).await?;
+        }
+        Ok(wake)
+    }
+}
+
+/// The ARN of each change's task.
+fn arns_of(ctl: &Control, cluster: &str, changes: &[TaskStateChange]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|c| super::tasks::task_arn(ctl, cluster, &c.task))
+        .collect()
+}
+
+/// A report waiting for the next group commit.
+pub struct PendingReport {
+    caller: Caller,
+    req: ReportRequest,
+    reply: tokio::sync::oneshot::Sender<ApiResult>,
+}
+
+/// Reports applied in one transaction at most.
+const GROUP_COMMIT: usize = 256;
+
+/// The reports: changes in order, each applied once. Reports of many
+/// agents share a transaction (a group commit, [`run_reports`]).
 pub async fn report(ctl: &Control, caller: &Caller, body: &Value) -> ApiResult {
     let req: ReportRequest = parse(body)?;
     if req.changes.len() > MAX_REPORT_BATCH {
@@ -300,27 +367,123 @@ pub async fn report(ctl: &Control, caller: &Caller, body: &Value) -> ApiResult {
             "changes: at most {MAX_REPORT_BATCH} per call"
         )));
     }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let pending = PendingReport {
+        caller: caller.clone(),
+        req,
+        reply,
+    };
+    if ctl.reports.send(pending).await.is_err() {
+        return Err(ApiError::server("the control endpoint is stopping"));
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Err(ApiError::server("the report was not applied")))
+}
+
+/// Applies queued reports, as many at a time as are waiting, each group in
+/// one transaction; answers each report when its group is committed.
+pub async fn run_reports(
+    ctl: std::sync::Arc<Control>,
+    mut rx: tokio::sync::mpsc::Receiver<PendingReport>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMIT {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        match apply_reports(&ctl, &group).await {
+            Ok((answers, wake)) => {
+                for (p, a) in group.into_iter().zip(answers) {
+                    let _ = p.reply.send(a);
+                }
+                if wake {
+                    ctl.wake();
+                }
+            }
+            Err(e) => {
+                for p in group {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One group of reports: an answer for each (a refusal for a report whose
+/// caller may not act on its instance), and whether the scheduler should
+/// look.
+async fn apply_reports(
+    ctl: &Control,
+    group: &[PendingReport],
+) -> Result<(Vec<ApiResult>, bool), ApiError> {
+    let t0 = std::time::Instant::now();
     let _w = ctl.store.lock().await;
+    let t1 = t0.elapsed();
     let mut tx = ctl.store.begin().await?;
-    let mut i = own_instance(ctl, &mut tx, caller, &req.cluster, &req.container_instance).await?;
-    let applied = i.report_seq.max(0) as u64;
-    let (highest, wake) = store_changes(ctl, &mut tx, &i, &req.changes, Some(applied)).await?;
     let now = crate::ids::now_ms();
-    if highest > applied {
+    let mut instances: HashMap<String, InstanceRec> = HashMap::new();
+    let mut owners: Vec<Result<String, ApiError>> = Vec::with_capacity(group.len());
+    let mut all_arns: Vec<String> = Vec::new();
+    let mut task_arns: Vec<Vec<String>> = Vec::with_capacity(group.len());
+    for p in group {
+        let owner = own_instance(
+            ctl,
+            &mut tx,
+            &p.caller,
+            &p.req.cluster,
+            &p.req.container_instance,
+        )
+        .await;
+        let arns = match &owner {
+            Ok(i) => arns_of(ctl, &i.cluster, &p.req.changes),
+            Err(_) => Vec::new(),
+        };
+        all_arns.extend(arns.iter().cloned());
+        task_arns.push(arns);
+        owners.push(owner.map(|i| {
+            let arn = i.arn.clone();
+            instances.entry(arn.clone()).or_insert(i);
+            arn
+        }));
+    }
+    let mut batch = Batch::default();
+    batch.load(&mut tx, &all_arns).await?;
+    let mut answers = Vec::with_capacity(group.len());
+    for ((p, owner), arns) in group.iter().zip(owners).zip(&task_arns) {
+        let arn = match owner {
+            Ok(a) => a,
+            Err(e) => {
+                answers.push(Err(e));
+                continue;
+            }
+        };
+        let Some(i) = instances.get_mut(&arn) else {
+            continue;
+        };
+        let applied = i.report_seq.max(0) as u64;
+        let highest = batch.apply(i, arns, &p.req.changes, Some(applied), now);
         i.report_seq = i64::try_from(highest).unwrap_or(i64::MAX);
-        i.last_seen_at = now;
-        store::put_instance(&mut tx, &i).await?;
-    } else {
-        store::touch_instance(&mut tx, &i.arn, now).await?;
+        answers.push(Ok(serde_json::to_value(ReportResponse {
+            acknowledged: highest,
+        })
+        .unwrap_or_default()));
+    }
+    let wake = batch.write(&mut tx, now).await?;
+    for i in instances.values() {
+        store::set_report_seq(&mut tx, &i.arn, i.report_seq, now).await?;
     }
     tx.commit().await?;
-    if wake {
-        ctl.wake();
-    }
-    Ok(serde_json::to_value(ReportResponse {
-        acknowledged: highest,
-    })
-    .unwrap_or_default())
+    tracing::debug!(
+        reports = group.len(),
+        lock_wait_ms = t1.as_millis() as u64,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "reports applied"
+    );
+    Ok((answers, wake))
 }
 
 /// ECS's DiscoverPollEndpoint: the agent's session is on this endpoint.
@@ -406,7 +569,13 @@ async fn submit(ctl: &Control, caller: &Caller, body: &Value, ch: TaskStateChang
     let _w = ctl.store.lock().await;
     let mut tx = ctl.store.begin().await?;
     let i = task_instance(ctl, &mut tx, caller, &cluster, &ch.task).await?;
-    let (_, wake) = store_changes(ctl, &mut tx, &i, std::slice::from_ref(&ch), None).await?;
+    let now = crate::ids::now_ms();
+    let changes = std::slice::from_ref(&ch);
+    let arns = arns_of(ctl, &cluster, changes);
+    let mut batch = Batch::default();
+    batch.load(&mut tx, &arns).await?;
+    batch.apply(&i, &arns, changes, None, now);
+    let wake = batch.write(&mut tx, now).await?;
     tx.commit().await?;
     if wake {
         ctl.wake();

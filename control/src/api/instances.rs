@@ -284,13 +284,22 @@ pub async fn list(ctl: &Control, body: &Value) -> ApiResult {
         _ => None,
     };
     let mut c = ctl.store.read().await?;
-    let arns: Vec<String> = views(ctl, &mut c, &cluster)
-        .await?
-        .into_iter()
-        .filter(|v| req.status.as_deref().is_none_or(|s| v.rec.status == s))
-        .filter(|v| filter.as_ref().is_none_or(|f| f.matches(v)))
-        .map(|v| v.rec.arn)
-        .collect();
+    let arns: Vec<String> = match &filter {
+        // A filter may ask about tasks: the instances with what runs there.
+        Some(f) => views(ctl, &mut c, &cluster)
+            .await?
+            .into_iter()
+            .filter(|v| req.status.as_deref().is_none_or(|s| v.rec.status == s))
+            .filter(|v| f.matches(v))
+            .map(|v| v.rec.arn)
+            .collect(),
+        None => store::list_instances(&mut c, &cluster, false)
+            .await?
+            .into_iter()
+            .filter(|i| req.status.as_deref().is_none_or(|s| i.status == s))
+            .map(|i| i.arn)
+            .collect(),
+    };
     let (page, next) = page(
         &arns,
         |a| a.clone(),

@@ -45,6 +45,14 @@ pub async fn run(ctl: Arc<Control>, shutdown: drain::Watch) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+        // Wake-ups come with every report; between passes, the reports and
+        // the API get the store for at least as long as a pass took.
+        tokio::time::sleep(
+            started
+                .elapsed()
+                .clamp(Duration::from_millis(10), Duration::from_millis(500)),
+        )
+        .await;
         if last_prune.elapsed() > Duration::from_secs(60) {
             last_prune = Instant::now();
             let before = crate::ids::now_ms() - ctl.cfg.stopped_task_retention.as_millis() as i64;
@@ -79,7 +87,9 @@ pub async fn pass(ctl: &Control, cluster: &str) -> Result<usize, StoreError> {
     let _w = ctl.store.lock().await;
     let mut tx = ctl.store.begin().await?;
     let now = crate::ids::now_ms();
+    let t0 = Instant::now();
     let mut st = state::ClusterState::load(ctl, &mut tx, cluster, now).await?;
+    let loaded = t0.elapsed();
     let arn_prefix = ctl.arn(&format!("task/{cluster}/"));
     let task_arn = move |id: &str| format!("{arn_prefix}{id}");
     let settings = plan::Settings {
@@ -88,12 +98,24 @@ pub async fn pass(ctl: &Control, cluster: &str) -> Result<usize, StoreError> {
     };
     let mut rng = placement::Rng((now as u64) | 1);
     let ch = plan::plan(&mut st, &settings, &mut rng);
+    let planned = t0.elapsed();
     if ch.is_empty() {
         return Ok(0);
     }
     let n = apply(&mut tx, cluster, &ch, now).await?;
     tx.commit().await?;
-    ctl.notify_instances(&ch.touched).await;
+    let written = t0.elapsed();
+    ctl.notify_cluster(cluster, &ch.touched).await;
+    tracing::debug!(
+        cluster,
+        tasks = st.tasks.len(),
+        instances = st.instances.len(),
+        load_ms = loaded.as_millis() as u64,
+        plan_ms = (planned - loaded).as_millis() as u64,
+        write_ms = (written - planned).as_millis() as u64,
+        notify_ms = (t0.elapsed() - written).as_millis() as u64,
+        "pass"
+    );
     Ok(n)
 }
 
@@ -104,12 +126,9 @@ pub async fn apply(
     ch: &plan::Changes,
     now: i64,
 ) -> Result<usize, StoreError> {
-    for t in &ch.new_tasks {
-        store::put_task(c, t).await?;
-    }
-    for t in ch.tasks.values() {
-        store::put_task(c, t).await?;
-    }
+    let tasks: Vec<&crate::records::TaskRec> =
+        ch.new_tasks.iter().chain(ch.tasks.values()).collect();
+    store::put_tasks(c, &tasks).await?;
     for s in ch.services.values() {
         store::put_service(c, s).await?;
     }

@@ -224,6 +224,10 @@ impl InstanceView {
 
 /// Places up to `n` tasks needing `need`, charging each chosen instance.
 /// Returns the chosen instance indexes, and why the rest could not go.
+///
+/// Each placement scans the instances once: what a strategy compares is
+/// computed before the scan (tasks of the group per instance, the index
+/// of each instance's attribute value), so the scan allocates nothing.
 pub fn place(
     instances: &mut [InstanceView],
     need: &Need,
@@ -233,19 +237,33 @@ pub fn place(
     rng: &mut Rng,
 ) -> (Vec<usize>, Option<Unplaced>) {
     let mut chosen = Vec::with_capacity(n);
-    // Tasks of the group per attribute value, for spread by attribute.
-    let mut by_value: HashMap<(usize, String), usize> = HashMap::new();
+    let strategies = &strategies[..strategies.len().min(MAX_STRATEGIES)];
+    // Tasks of the group on each instance.
+    let mut in_group: Vec<i64> = instances
+        .iter()
+        .map(|v| v.groups.get(&need.group).copied().unwrap_or(0) as i64)
+        .collect();
+    // For spread by attribute: each instance's value (as an index), and
+    // tasks of the group per value, per strategy.
+    let mut value_of: Vec<Vec<usize>> = vec![Vec::new(); strategies.len()];
+    let mut per_value: Vec<Vec<i64>> = vec![Vec::new(); strategies.len()];
     for (si, s) in strategies.iter().enumerate() {
         if let Strategy::Spread(Field::Attribute(a)) = s {
-            for v in instances.iter() {
-                let key = v.rec.attribute(a).unwrap_or("").to_string();
-                *by_value.entry((si, key)).or_default() +=
-                    v.groups.get(&need.group).copied().unwrap_or(0);
+            let mut ids: HashMap<&str, usize> = HashMap::new();
+            for (i, v) in instances.iter().enumerate() {
+                let val = v.rec.attribute(a).unwrap_or("");
+                let next = ids.len();
+                let id = *ids.entry(val).or_insert(next);
+                if id == per_value[si].len() {
+                    per_value[si].push(0);
+                }
+                per_value[si][id] += in_group[i];
+                value_of[si].push(id);
             }
         }
     }
     for _ in 0..n {
-        let mut best: Option<(Vec<i64>, usize)> = None;
+        let mut best: Option<([i64; MAX_STRATEGIES + 1], usize)> = None;
         let mut closest: Option<(i64, String, String)> = None;
         for (i, v) in instances.iter().enumerate() {
             if let Some((code, detail, nearness)) = refuse(v, need, constraints) {
@@ -254,23 +272,17 @@ pub fn place(
                 }
                 continue;
             }
-            let key: Vec<i64> = strategies
-                .iter()
-                .enumerate()
-                .map(|(si, s)| match s {
+            let mut key = [0i64; MAX_STRATEGIES + 1];
+            for (si, s) in strategies.iter().enumerate() {
+                key[si] = match s {
                     Strategy::Random => (rng.next_u64() >> 2) as i64,
-                    Strategy::Spread(Field::InstanceId) => {
-                        v.groups.get(&need.group).copied().unwrap_or(0) as i64
-                    }
-                    Strategy::Spread(Field::Attribute(a)) => {
-                        let val = v.rec.attribute(a).unwrap_or("").to_string();
-                        by_value.get(&(si, val)).copied().unwrap_or(0) as i64
-                    }
+                    Strategy::Spread(Field::InstanceId) => in_group[i],
+                    Strategy::Spread(Field::Attribute(_)) => per_value[si][value_of[si][i]],
                     Strategy::BinpackCpu => v.free_cpu - need.cpu,
                     Strategy::BinpackMemory => v.free_memory - need.memory,
-                })
-                .chain(std::iter::once(i as i64))
-                .collect();
+                };
+            }
+            key[strategies.len()] = i as i64;
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 best = Some((key, i));
             }
@@ -298,10 +310,10 @@ pub fn place(
         }
         *v.groups.entry(need.group.clone()).or_default() += 1;
         v.running += 1;
-        for (si, s) in strategies.iter().enumerate() {
-            if let Strategy::Spread(Field::Attribute(a)) = s {
-                let val = instances[i].rec.attribute(a).unwrap_or("").to_string();
-                *by_value.entry((si, val)).or_default() += 1;
+        in_group[i] += 1;
+        for si in 0..strategies.len() {
+            if let Some(id) = value_of[si].get(i) {
+                per_value[si][*id] += 1;
             }
         }
         chosen.push(i);

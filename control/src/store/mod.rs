@@ -520,11 +520,17 @@ pub async fn instance_head(
 
 /// Bumps the desired sequence of `arns` (their task sets changed).
 pub async fn bump_desired(c: &mut AnyConnection, arns: &[String]) -> Result<(), StoreError> {
-    for arn in arns {
-        sqlx::query("UPDATE container_instances SET desired_seq = desired_seq + 1 WHERE arn = $1")
-            .bind(arn)
-            .execute(&mut *c)
-            .await?;
+    for chunk in arns.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE container_instances SET desired_seq = desired_seq + 1 WHERE arn IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for a in chunk {
+            q = q.bind(a);
+        }
+        q.execute(&mut *c).await?;
     }
     Ok(())
 }
@@ -539,36 +545,113 @@ pub async fn get_task(c: &mut AnyConnection, arn: &str) -> Result<Option<TaskRec
     row.map(|(b,)| body("tasks", &b)).transpose()
 }
 
+/// Rows per multi-row statement: 12 parameters a task row, well under
+/// SQLite's and PostgreSQL's limits.
+const ROWS_PER_STATEMENT: usize = 25;
+
 pub async fn put_task(c: &mut AnyConnection, r: &TaskRec) -> Result<(), StoreError> {
-    let family = r
-        .task_definition
-        .rsplit('/')
-        .next()
-        .and_then(|fr| fr.split(':').next())
-        .unwrap_or("");
-    sqlx::query(
-        "INSERT INTO tasks (arn, cluster, container_instance, service, deployment, family, started_by, desired_status, last_status, live, stopped_at, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-         ON CONFLICT (arn) DO UPDATE SET container_instance = excluded.container_instance,
-           deployment = excluded.deployment,
-           desired_status = excluded.desired_status, last_status = excluded.last_status,
-           live = excluded.live, stopped_at = excluded.stopped_at, body = excluded.body",
-    )
-    .bind(&r.arn)
-    .bind(&r.cluster)
-    .bind(&r.container_instance)
-    .bind(r.service.as_deref().unwrap_or(""))
-    .bind(r.deployment.as_deref().unwrap_or(""))
-    .bind(family)
-    .bind(r.started_by.as_deref().unwrap_or(""))
-    .bind(r.desired_status.as_str())
-    .bind(r.last_status.as_str())
-    .bind(i64::from(r.live()))
-    .bind(r.stopped_at.unwrap_or(0))
-    .bind(json(r))
-    .execute(c)
-    .await?;
+    put_tasks(c, &[r]).await
+}
+
+/// Inserts or replaces tasks, many rows per statement.
+pub async fn put_tasks(c: &mut AnyConnection, list: &[&TaskRec]) -> Result<(), StoreError> {
+    for chunk in list.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO tasks (arn, cluster, container_instance, service, deployment, family, started_by, desired_status, last_status, live, stopped_at, body) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 12;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for k in 1..=12 {
+                if k > 1 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", b + k));
+            }
+            sql.push(')');
+        }
+        sql.push_str(
+            " ON CONFLICT (arn) DO UPDATE SET container_instance = excluded.container_instance,
+               deployment = excluded.deployment,
+               desired_status = excluded.desired_status, last_status = excluded.last_status,
+               live = excluded.live, stopped_at = excluded.stopped_at, body = excluded.body",
+        );
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            let family = r
+                .task_definition
+                .rsplit('/')
+                .next()
+                .and_then(|fr| fr.split(':').next())
+                .unwrap_or("")
+                .to_string();
+            q = q
+                .bind(r.arn.clone())
+                .bind(r.cluster.clone())
+                .bind(r.container_instance.clone())
+                .bind(r.service.clone().unwrap_or_default())
+                .bind(r.deployment.clone().unwrap_or_default())
+                .bind(family)
+                .bind(r.started_by.clone().unwrap_or_default())
+                .bind(r.desired_status.as_str())
+                .bind(r.last_status.as_str())
+                .bind(i64::from(r.live()))
+                .bind(r.stopped_at.unwrap_or(0))
+                .bind(json(r));
+        }
+        q.execute(&mut *c).await?;
+    }
     Ok(())
+}
+
+/// The tasks of `arns` that exist, in no particular order.
+pub async fn get_tasks(c: &mut AnyConnection, arns: &[&str]) -> Result<Vec<TaskRec>, StoreError> {
+    let mut out = Vec::with_capacity(arns.len());
+    for chunk in arns.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT body FROM tasks WHERE arn IN ({})", marks.join(", "));
+        let mut q = sqlx::query_as::<_, (String,)>(&sql);
+        for a in chunk {
+            q = q.bind(*a);
+        }
+        for (b,) in q.fetch_all(&mut *c).await? {
+            out.push(body("tasks", &b)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Records that an instance's reports up to `seq` are applied and that it
+/// was heard from `at`, without rewriting its body.
+pub async fn set_report_seq(
+    c: &mut AnyConnection,
+    arn: &str,
+    seq: i64,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE container_instances SET report_seq = $1, last_seen_at = $2 WHERE arn = $3")
+        .bind(seq)
+        .bind(at)
+        .bind(arn)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// (arn, desired_seq) of a cluster's instances.
+pub async fn desired_seqs(
+    c: &mut AnyConnection,
+    cluster: &str,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT arn, desired_seq FROM container_instances WHERE cluster = $1")
+            .bind(cluster)
+            .fetch_all(c)
+            .await?,
+    )
 }
 
 /// Tasks not yet finished, of a cluster.
