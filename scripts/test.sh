@@ -21,6 +21,7 @@ missing=""
 command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
 command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
 command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
+command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing="$missing faketime"
 command -v prlimit >/dev/null 2>&1 || missing="$missing util-linux"
@@ -36,6 +37,7 @@ if ! command -v aws >/dev/null 2>&1; then
 fi
 # The Debian package starts a system registry on :5000; the tests run their own.
 systemctl stop docker-registry >/dev/null 2>&1 || true
+systemctl stop haproxy >/dev/null 2>&1 || true
 log "Docker engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST"
 
 log "building the test image"

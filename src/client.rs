@@ -62,6 +62,40 @@ fn str_of(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
+/// The first line of `dockhand status` in managed mode: the control
+/// endpoint, this instance, and whether the session is up, since when.
+pub fn render_control(metadata: &Value) -> String {
+    let c = &metadata["ControlEndpoint"];
+    if c.is_null() {
+        return String::new();
+    }
+    let since = c["Since"]
+        .as_str()
+        .map(|s| format!(" since {s}"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "control endpoint {}: {}{since}; cluster {}, instance {} ({})\n",
+        str_of(&c["Url"]),
+        if c["Connected"] == true {
+            "connected"
+        } else {
+            "NOT CONNECTED"
+        },
+        str_of(&metadata["Cluster"]),
+        metadata["ContainerInstanceArn"]
+            .as_str()
+            .unwrap_or("not registered"),
+        str_of(&c["Ec2InstanceId"]),
+    );
+    if let Some(e) = c["LastError"].as_str() {
+        out.push_str(&format!("  last error: {e}\n"));
+    }
+    if c["Draining"] == true {
+        out.push_str("  draining: this host's tasks are moving to other hosts before it stops\n");
+    }
+    out
+}
+
 /// Renders `dockhand status`: one line per service, then for anything not
 /// right, why.
 pub fn render_status(services: &Value, tasks: &Value) -> String {
@@ -74,7 +108,7 @@ pub fn render_status(services: &Value, tasks: &Value) -> String {
     }
     let list = services["Services"].as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        out.push_str("no services (add service files to DOCKHAND_SERVICES_DIR)\n");
+        out.push_str("no services (add service files to DOCKHAND_SERVICES_DIR, or in managed mode create services on the control endpoint)\n");
         return out;
     }
     let width = list

@@ -243,7 +243,9 @@ fn control(config: Option<PathBuf>, command: Option<ControlCommand>) -> ExitCode
             let Some(rt) = runtime() else {
                 return ExitCode::FAILURE;
             };
-            match rt.block_on(dockhand_control::run(cfg, shutdown_signal())) {
+            match rt.block_on(dockhand_control::run(cfg, async {
+                shutdown_signal().await;
+            })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -272,18 +274,22 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             };
             let api = loaded.config.api_listen;
-            let got = client::get_json(api, "/v1/services")
-                .and_then(|s| client::get_json(api, "/v1/tasks").map(|t| (s, t)));
+            let got = client::get_json(api, "/v1/services").and_then(|s| {
+                let t = client::get_json(api, "/v1/tasks")?;
+                let m = client::get_json(api, "/v1/metadata")?;
+                Ok((s, t, m))
+            });
             match got {
-                Ok((services, tasks)) if json => {
-                    let both = serde_json::json!({"Services": services["Services"], "Tasks": tasks["Tasks"]});
+                Ok((services, tasks, metadata)) if json => {
+                    let both = serde_json::json!({"Metadata": metadata, "Services": services["Services"], "Tasks": tasks["Tasks"]});
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&both).unwrap_or_default()
                     );
                     ExitCode::SUCCESS
                 }
-                Ok((services, tasks)) => {
+                Ok((services, tasks, metadata)) => {
+                    print!("{}", client::render_control(&metadata));
                     print!("{}", client::render_status(&services, &tasks));
                     ExitCode::SUCCESS
                 }
@@ -328,11 +334,9 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e}");
                     match e {
-                        // A setting this build cannot honour is a config
-                        // error: exit 78 so systemd does not retry in a loop.
-                        dockhand_agent::AgentError::ControlNotSupported(_) => {
-                            ExitCode::from(EXIT_CONFIG)
-                        }
+                        // A CA file that cannot be read is a config error:
+                        // exit 78 so systemd does not retry in a loop.
+                        dockhand_agent::AgentError::ControlClient(_) => ExitCode::from(EXIT_CONFIG),
                         _ => ExitCode::FAILURE,
                     }
                 }
@@ -341,8 +345,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (a stop that may drain the host) or SIGINT (stop
+/// now).
+async fn shutdown_signal() -> dockhand_agent::Stop {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -352,7 +357,13 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => {
+            tracing::info!("SIGTERM received");
+            dockhand_agent::Stop::Drain
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT received");
+            dockhand_agent::Stop::Now
+        }
     }
 }

@@ -43,28 +43,11 @@ fn register_taskdef(
     memory: u32,
     env: &[(&str, &str)],
 ) -> String {
-    let v = c.aws(&[
-        "register-task-definition",
-        "--family",
-        family,
-        "--container-definitions",
-        &container_definitions(image, memory, env),
-    ]);
-    v["taskDefinition"]["taskDefinitionArn"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    c.register(family, &container_definitions(image, memory, env))
 }
 
 fn describe_service(c: &ControlProc, name: &str) -> Value {
-    let v = c.aws(&[
-        "describe-services",
-        "--cluster",
-        CLUSTER,
-        "--services",
-        name,
-    ]);
-    v["services"][0].clone()
+    c.service(CLUSTER, name)
 }
 
 /// Calls `check` on the service every 300 ms until it returns true.
@@ -75,20 +58,7 @@ async fn wait_service(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = describe_service(c, name);
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; service now:\n{}\ncontrol log:\n{}",
-            serde_json::to_string_pretty(&s).unwrap_or_default(),
-            c.log()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    c.wait_service(CLUSTER, name, timeout, what, check).await
 }
 
 fn events(s: &Value) -> Vec<String> {

@@ -43,6 +43,17 @@ done
 check "installed the empty services directory" test -d /etc/dockhand/services
 check "the installed binary checks the installed config" \
   sh -c '/usr/bin/dockhand config check | grep -q "^ECS_CLUSTER  *my-ecs-cluster  *# /etc/ecs/ecs.config:1"'
+managed=$(mktemp -d)
+check "user-data.sh writes a managed host's config (control URL, instance key)" \
+  env DOCKHAND_ROOT="$managed" CONTROL_URL=https://control.internal:8443 INSTANCE_KEY_ID=AKIAEXAMPLEEXAMPLE00 \
+      INSTANCE_KEY_SECRET=secret-secret DOCKHAND_CONFIG_ONLY=yes bash packaging/user-data.sh
+check "the managed config is valid, readable by root only, and its secret is not printed" \
+  sh -c "test \"\$(stat -c %a $managed/etc/ecs/ecs.config)\" = 600 \
+         && /usr/bin/dockhand config check --config $managed/etc/ecs/ecs.config >$managed/out \
+         && grep -q '^ECS_BACKEND_HOST  *https://control.internal:8443' $managed/out \
+         && grep -q '^DOCKHAND_EC2_METADATA  *true' $managed/out \
+         && ! grep -q secret-secret $managed/out"
+rm -rf "$managed"
 check "the agent unit is enabled" test -L /etc/systemd/system/multi-user.target.wants/dockhand-agent.service
 check "the proxy socket is enabled" test -L /etc/systemd/system/sockets.target.wants/dockhand-proxy.socket
 check "systemd-analyze verify accepts the units" \

@@ -791,7 +791,9 @@ async fn unused_images_are_cleaned_up_and_untracked_ones_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_control_endpoint_is_refused_clearly_until_it_exists() {
+async fn managed_mode_without_a_key_is_a_config_error() {
+    // ECS_BACKEND_HOST alone: the instance key is missing. Nothing is
+    // contacted (control.invalid never resolves), the agent exits 78.
     let agent = Agent::new(
         "backendhost",
         &["ECS_BACKEND_HOST=https://control.invalid:8443"],
@@ -803,5 +805,10 @@ async fn a_control_endpoint_is_refused_clearly_until_it_exists() {
         .expect("run dockhand");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("ECS_BACKEND_HOST is set to https://control.invalid:8443, but this build runs standalone only"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "ECS_BACKEND_HOST: managed mode needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY too"
+        ),
+        "{stderr}"
+    );
 }

@@ -34,6 +34,8 @@ pub struct ApiState {
     pub status: Arc<RwLock<Snapshot>>,
     pub proxy: dockhand_proxy::Proxy,
     pub changes: Arc<Changes>,
+    /// Managed mode: the control endpoint as the session sees it.
+    pub control: Option<crate::managed::SharedStatus>,
 }
 
 /// Serves until `shutdown` is signaled; in-flight requests are tiny reads
@@ -106,7 +108,24 @@ fn handle(req: &Request<Incoming>, state: &ApiState) -> Response<Full<Bytes>> {
             );
             return r;
         }
-        "/v1/metadata" => snapshot.metadata_json(),
+        "/v1/metadata" => {
+            let mut m = snapshot.metadata_json();
+            if let Some(c) = &state.control {
+                let c = c.read().map(|c| c.clone()).unwrap_or_default();
+                if let Some(arn) = &c.instance_arn {
+                    m["ContainerInstanceArn"] = json!(arn);
+                }
+                m["ControlEndpoint"] = json!({
+                    "Url": c.url,
+                    "Connected": c.connected,
+                    "Since": c.since.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                    "LastError": c.last_error,
+                    "Ec2InstanceId": c.ec2_instance_id,
+                    "Draining": c.draining,
+                });
+            }
+            m
+        }
         "/v1/tasks" => snapshot.tasks_json(),
         "/v1/services" => snapshot.services_json(),
         "/v1/changes" => {

@@ -72,8 +72,26 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub cluster: String,
-    /// Control endpoint URL; `None` runs standalone from service files.
-    pub backend_host: Option<String>,
+    /// Control endpoint URLs (several: replicas, tried in turn); empty
+    /// runs standalone from service files.
+    pub backend_hosts: Vec<String>,
+    /// The instance key for the control endpoint (managed mode).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// The SigV4 region the control endpoint checks.
+    pub region: String,
+    /// This host's instance id (`ec2InstanceId`); else from
+    /// `/etc/machine-id`, or EC2 instance metadata where enabled.
+    pub instance_id: Option<String>,
+    /// Read the instance id from EC2 instance metadata (never by default).
+    pub ec2_metadata: bool,
+    /// PEM file of the CA that signed the control endpoint's certificate.
+    pub control_ca_file: Option<PathBuf>,
+    /// Managed mode: on shutdown, ask for DRAINING and wait until this
+    /// host's service tasks run elsewhere.
+    pub drain_on_shutdown: bool,
+    /// How long that wait lasts at most.
+    pub drain_timeout: Duration,
     pub data_dir: PathBuf,
     pub log_level: LogLevel,
     pub docker_host: String,
@@ -117,15 +135,95 @@ pub const KEYS: &[KeySpec<Config>] = &[
     KeySpec {
         name: "ECS_BACKEND_HOST",
         default: "",
-        meaning: "control endpoint URL; empty runs standalone from service files",
+        meaning: "control endpoint URL (comma-separated for several replicas, tried in turn); empty runs standalone from service files",
         apply: |c, v| {
-            c.backend_host = if v.is_empty() {
-                None
-            } else if v.starts_with("http://") || v.starts_with("https://") {
-                Some(v.to_string())
-            } else {
-                return Err(format!("expected an http:// or https:// URL, got {v:?}"));
-            };
+            c.backend_hosts = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|u| {
+                    if (u.starts_with("http://") || u.starts_with("https://")) && !u.contains(char::is_whitespace) {
+                        Ok(u.trim_end_matches('/').to_string())
+                    } else {
+                        Err(format!("expected http:// or https:// URLs, got {u:?}"))
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "AWS_ACCESS_KEY_ID",
+        default: "",
+        meaning: "managed mode: the instance key's id (dockhand control credentials new --role instance)",
+        apply: |c, v| {
+            c.access_key_id = (!v.is_empty()).then(|| v.to_string());
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "AWS_SECRET_ACCESS_KEY",
+        default: "",
+        meaning: "managed mode: the instance key's secret (never printed)",
+        apply: |c, v| {
+            c.secret_access_key = (!v.is_empty()).then(|| v.to_string());
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "AWS_DEFAULT_REGION",
+        default: "us-east-1",
+        meaning: "managed mode: the region requests are signed for (the control endpoint's DOCKHAND_CONTROL_REGION)",
+        apply: |c, v| {
+            c.region = non_empty(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_INSTANCE_ID",
+        default: "",
+        meaning: "managed mode: this host's instance id; empty derives one from /etc/machine-id",
+        apply: |c, v| {
+            if v.len() > 255 || v.contains(char::is_whitespace) {
+                return Err("expected an id of at most 255 characters without spaces".into());
+            }
+            c.instance_id = (!v.is_empty()).then(|| v.to_string());
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_EC2_METADATA",
+        default: "false",
+        meaning: "managed mode: true reads the instance id from EC2 instance metadata (user-data.sh sets it on EC2); never asked otherwise",
+        apply: |c, v| {
+            c.ec2_metadata = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_CONTROL_CA_FILE",
+        default: "",
+        meaning: "managed mode: PEM certificate of the CA that signed the control endpoint's certificate; empty trusts the usual public CAs",
+        apply: |c, v| {
+            c.control_ca_file = if v.is_empty() { None } else { Some(absolute_path(v)?) };
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_DRAIN_ON_SHUTDOWN",
+        default: "true",
+        meaning: "managed mode: on SIGTERM, ask for DRAINING, answer /dockhand/health with 503 and wait until this host's service tasks run elsewhere before exiting (SIGINT exits at once)",
+        apply: |c, v| {
+            c.drain_on_shutdown = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_DRAIN_TIMEOUT",
+        default: "5m",
+        meaning: "managed mode: how long a shutdown waits for the drain at most (0s-1h)",
+        apply: |c, v| {
+            c.drain_timeout = duration_in(v, ZERO, HOUR)?;
             Ok(())
         },
     },
@@ -463,17 +561,36 @@ pub const SCHEME: Scheme<Config> = Scheme {
     // ECS agent keys read elsewhere or meaning nothing on a Dockhand host.
     quiet: &["ECS_ENABLE_TASK_IAM_ROLE", "ECS_LOGFILE"],
     from_env: |k| {
-        (k.starts_with("ECS_") || k.starts_with("DOCKHAND_") || k == "DOCKER_HOST")
-            && !k.starts_with("DOCKHAND_CONTROL_")
+        ((k.starts_with("ECS_") || k.starts_with("DOCKHAND_") || k == "DOCKER_HOST")
+            && (!k.starts_with("DOCKHAND_CONTROL_") || k == "DOCKHAND_CONTROL_CA_FILE"))
+            || [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_DEFAULT_REGION",
+            ]
+            .contains(&k)
     },
 };
 
 impl Config {
+    /// Whether the agent runs managed by a control endpoint.
+    pub fn managed(&self) -> bool {
+        !self.backend_hosts.is_empty()
+    }
+
     /// The built-in defaults, as [`KEYS`] states them.
     pub fn defaults() -> Config {
         let mut c = Config {
             cluster: String::new(),
-            backend_host: None,
+            backend_hosts: Vec::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            region: String::new(),
+            instance_id: None,
+            ec2_metadata: false,
+            control_ca_file: None,
+            drain_on_shutdown: true,
+            drain_timeout: Duration::ZERO,
             data_dir: PathBuf::new(),
             log_level: LogLevel::Info,
             docker_host: String::new(),
@@ -573,6 +690,15 @@ impl Config {
                 why: "every port of the range is in ECS_RESERVED_PORTS".into(),
             });
         }
+        if !self.backend_hosts.is_empty()
+            && (self.access_key_id.is_none() || self.secret_access_key.is_none())
+        {
+            errors.push(ConfigError {
+                source: source_of("ECS_BACKEND_HOST"),
+                key: Some("ECS_BACKEND_HOST".into()),
+                why: "managed mode needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY too: an instance key, made with `dockhand control credentials new --role instance --cluster CLUSTER`".into(),
+            });
+        }
         if self.proxy_listen.contains(&self.api_listen) {
             errors.push(ConfigError {
                 source: source_of("DOCKHAND_API_LISTEN"),
@@ -603,7 +729,8 @@ mod tests {
     fn defaults_match_the_design() {
         let c = parse("", &[]).unwrap().config;
         assert_eq!(c.cluster, "default");
-        assert_eq!(c.backend_host, None);
+        assert!(c.backend_hosts.is_empty());
+        assert!(c.drain_on_shutdown);
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/dockhand"));
         assert_eq!(c.reserved_ports, vec![22, 2375, 2376, 51678, 51679]);
         assert_eq!(c.dynamic_port_range, (49153, 65535));
@@ -613,6 +740,39 @@ mod tests {
         assert_eq!(c.proxy_listen, vec!["0.0.0.0:80".parse().unwrap()]);
         assert_eq!(c.api_listen, "127.0.0.1:51678".parse().unwrap());
         assert_eq!(c.port_bind_address, IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn managed_mode_needs_a_key_and_never_shows_the_secret() {
+        let e = parse("ECS_BACKEND_HOST=https://a:8443, https://b:8443\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ecs.config:1: ECS_BACKEND_HOST: managed mode needs AWS_ACCESS_KEY_ID"),
+            "{e}"
+        );
+        let l = parse(
+            "ECS_BACKEND_HOST=https://a:8443, https://b:8443/\nAWS_ACCESS_KEY_ID=AKIAX\n",
+            &[
+                ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+                ("AWS_SESSION_TOKEN", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert!(l.config.managed());
+        assert_eq!(l.config.backend_hosts, ["https://a:8443", "https://b:8443"]);
+        assert_eq!(l.config.secret_access_key.as_deref(), Some("s3cr3t"));
+        let shown: Vec<String> = l
+            .effective
+            .iter()
+            .map(|(k, v, _)| format!("{k}={v}"))
+            .collect();
+        assert!(
+            shown.contains(&"AWS_SECRET_ACCESS_KEY=(set, not shown)".to_string()),
+            "{shown:?}"
+        );
+        assert!(!shown.iter().any(|s| s.contains("s3cr3t")));
+        assert!(parse("ECS_BACKEND_HOST=control:8443\n", &[]).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod files;
 pub mod images;
 pub mod limits;
+pub mod managed;
 pub mod metrics;
 pub mod notify;
 pub mod ports;
@@ -63,8 +64,18 @@ pub enum AgentError {
         index: usize,
         source: std::io::Error,
     },
-    #[error("ECS_BACKEND_HOST is set to {0}, but this build runs standalone only (the control endpoint is not built yet); unset it to use service files")]
-    ControlNotSupported(String),
+    #[error("the control endpoint client cannot be set up: {0}")]
+    ControlClient(String),
+}
+
+/// How the agent was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM (systemd stop, a host shutting down): in managed mode with
+    /// `DOCKHAND_DRAIN_ON_SHUTDOWN`, this host's tasks move elsewhere first.
+    Drain,
+    /// SIGINT, or an upgrade: exit at once, containers left running.
+    Now,
 }
 
 /// Runs the agent until `shutdown` resolves. Containers keep running after.
@@ -82,11 +93,15 @@ pub enum AgentError {
 /// or after the proxy's shutdown grace at most.
 pub async fn run(
     cfg: Config,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = Stop>,
 ) -> Result<(), AgentError> {
-    if let Some(url) = &cfg.backend_host {
-        return Err(AgentError::ControlNotSupported(url.clone()));
-    }
+    let client = if cfg.managed() {
+        Some(Arc::new(
+            managed::client::Client::new(&cfg).map_err(AgentError::ControlClient)?,
+        ))
+    } else {
+        None
+    };
     let mut cfg = cfg;
     let open_files = limits::raise_open_files();
     let cap = limits::fit_connections(cfg.proxy.max_connections, open_files);
@@ -108,7 +123,9 @@ pub async fn run(
         instance = %instance,
         cluster = %cfg.cluster,
         data_dir = %cfg.data_dir.display(),
+        mode = if cfg.managed() { "managed" } else { "standalone" },
         services_dir = %cfg.services_dir.display(),
+        control = %cfg.backend_hosts.join(","),
         "dockhand agent starting"
     );
 
@@ -124,10 +141,11 @@ pub async fn run(
 
     let status = Arc::new(RwLock::new(status::Snapshot {
         cluster: cfg.cluster.clone(),
-        instance_id: instance,
+        instance_id: instance.clone(),
         ..Default::default()
     }));
     let changes = Arc::new(changes::Changes::default());
+    let control_status: Option<managed::SharedStatus> = client.as_ref().map(|_| Arc::default());
 
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
     let proxy = dockhand_proxy::Proxy::new(cfg.proxy.clone(), health_tx);
@@ -137,6 +155,7 @@ pub async fn run(
             status: Arc::clone(&status),
             proxy: proxy.clone(),
             changes: Arc::clone(&changes),
+            control: control_status.clone(),
         },
         watch.clone(),
     ));
@@ -158,14 +177,37 @@ pub async fn run(
     }
 
     let (desired_tx, desired_rx) = desired::channel();
-    tokio::spawn(desired::service_dir::watch(
-        cfg.services_dir.clone(),
-        desired_tx,
-    ));
+    let (host_tx, host_rx) = tokio::sync::watch::channel(None);
+    let (arn_tx, arn_rx) = tokio::sync::watch::channel(None);
+    match (&client, &control_status) {
+        (Some(client), Some(control)) => {
+            tokio::spawn(managed::run(
+                managed::Parts {
+                    cfg: Arc::clone(&cfg),
+                    client: Arc::clone(client),
+                    status: Arc::clone(control),
+                    desired: desired_tx,
+                    changes: Arc::clone(&changes),
+                    agent_id: instance.clone(),
+                    host: host_rx,
+                    arn: arn_tx,
+                },
+                watch.clone(),
+            ));
+        }
+        _ => {
+            tokio::spawn(desired::service_dir::watch(
+                cfg.services_dir.clone(),
+                desired_tx,
+            ));
+        }
+    }
 
     let body = {
         let watch = watch.clone();
         let cfg = Arc::clone(&cfg);
+        let proxy = proxy.clone();
+        let status = Arc::clone(&status);
         async move {
             notify::status("waiting for Docker");
             let Some(engine) = connect_with_retry(&cfg.docker_host, watch.clone()).await else {
@@ -186,6 +228,11 @@ pub async fn run(
                 cpu_units = capacity.cpu_units,
                 "host capacity"
             );
+            let docker_version = engine.version().await.unwrap_or_default();
+            host_tx.send_replace(Some(managed::HostInfo {
+                capacity,
+                docker_version,
+            }));
             let sup = supervisor::Supervisor::new(supervisor::Parts {
                 cfg,
                 engine,
@@ -204,7 +251,13 @@ pub async fn run(
     };
     drop(watch);
     let supervisor = tokio::spawn(body);
-    shutdown.await;
+    let how = shutdown.await;
+    if let (Some(client), Some(control), Stop::Drain, true) =
+        (&client, &control_status, how, cfg.drain_on_shutdown)
+    {
+        let arn = arn_rx.borrow().clone();
+        managed::drain(&cfg, client, control, arn, &proxy, &status).await;
+    }
     tracing::info!("shutting down; containers keep running");
     notify::stopping();
     // Every part stops taking work at once; the proxy's connections finish

@@ -183,6 +183,8 @@ pub fn api(time: Duration, seed: u64) -> Outcome {
             status: Arc::new(RwLock::new(dockhand_agent::status::Snapshot::default())),
             proxy,
             changes: Arc::new(dockhand_agent::changes::Changes::default()),
+            // Managed mode's metadata, so the fuzzed API serves it too.
+            control: Some(Arc::default()),
         };
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -127,6 +127,11 @@ impl<C> Scheme<C> {
     }
 }
 
+/// Whether a key holds a secret, whose value is never shown.
+pub fn is_secret(key: &str) -> bool {
+    key.ends_with("SECRET_ACCESS_KEY") || key.ends_with("PASSWORD")
+}
+
 /// Parses file `text` (as read from `path`) with `env` layered on top, into
 /// `config` (which holds the defaults on entry).
 pub fn parse<C>(
@@ -208,7 +213,13 @@ pub fn parse<C>(
                         why,
                     });
                 }
-                effective.push((spec.name, value.clone(), source.clone()));
+                // A secret is never printed back (`config check`, logs).
+                let shown = if is_secret(spec.name) && !value.is_empty() {
+                    "(set, not shown)".to_string()
+                } else {
+                    value.clone()
+                };
+                effective.push((spec.name, shown, source.clone()));
             }
             None => effective.push((spec.name, spec.default.to_string(), Source::Default)),
         }

@@ -241,6 +241,13 @@ pub(crate) async fn handle(
             .insert(CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
+    if req.uri().path() == crate::HOST_HEALTH_PATH {
+        return if inner.draining.load(std::sync::atomic::Ordering::Acquire) {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+        } else {
+            text(StatusCode::OK, "ok\n".into())
+        };
+    }
     let (route, algorithm) = {
         let host = request_host(&req);
         let path = req.uri().path();

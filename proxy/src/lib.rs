@@ -105,7 +105,14 @@ pub(crate) struct Inner {
     routes: Mutex<BTreeMap<(String, usize), Arc<Route>>>,
     pub(crate) settings: Settings,
     events: mpsc::UnboundedSender<HealthEvent>,
+    /// The host is draining: [`HOST_HEALTH_PATH`] answers 503.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
+
+/// The host's own health check, for a load balancer in front of several
+/// hosts: 200 while the host takes traffic, 503 while it drains (its tasks
+/// moving to other hosts before it shuts down). Any host name.
+pub const HOST_HEALTH_PATH: &str = "/dockhand/health";
 
 impl Inner {
     pub(crate) fn table(&self) -> Arc<Table> {
@@ -159,8 +166,16 @@ impl Proxy {
                 routes: Mutex::new(BTreeMap::new()),
                 settings,
                 events,
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Marks the host draining (or not): [`HOST_HEALTH_PATH`] answers 503.
+    pub fn set_draining(&self, draining: bool) {
+        self.inner
+            .draining
+            .store(draining, std::sync::atomic::Ordering::Release);
     }
 
     /// Declares a service's routes, one per `loadBalancers` entry. Existing

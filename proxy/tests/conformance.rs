@@ -359,3 +359,20 @@ async fn one_client_cannot_hold_every_connection() {
     assert_eq!(proxy.open_connections(), 0);
     drop(signal);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_health_check_answers_503_while_the_host_drains() {
+    let (port, proxy, seen) = proxy().await;
+    let get =
+        b"GET /dockhand/health HTTP/1.1\r\nHost: any.example\r\nConnection: close\r\n\r\n".to_vec();
+    let answer = send(port, get.clone()).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    proxy.set_draining(true);
+    let answer = send(port, get.clone()).await;
+    assert_eq!(status(&answer), 503, "{answer}");
+    assert!(answer.ends_with("draining\n"), "{answer}");
+    proxy.set_draining(false);
+    assert_eq!(status(&send(port, get).await), 200);
+    // Answered by the proxy itself: no task saw it.
+    assert_eq!(seen.lock().unwrap().len(), 0);
+}

@@ -193,6 +193,62 @@ impl ControlProc {
     }
 }
 
+impl ControlProc {
+    /// `describe-services` of one service.
+    pub fn service(&self, cluster: &str, name: &str) -> Value {
+        self.aws(&[
+            "describe-services",
+            "--cluster",
+            cluster,
+            "--services",
+            name,
+        ])["services"][0]
+            .clone()
+    }
+
+    /// Describes the service every 300 ms until `check` holds; panics with
+    /// the service and the control log after `timeout`.
+    pub async fn wait_service(
+        &self,
+        cluster: &str,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.service(cluster, name);
+            if check(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; service now:\n{}\ncontrol log:\n{}",
+                serde_json::to_string_pretty(&s).unwrap_or_default(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// `register-task-definition` with container definitions as JSON text;
+    /// returns the revision's ARN.
+    pub fn register(&self, family: &str, container_definitions: &str) -> String {
+        let v = self.aws(&[
+            "register-task-definition",
+            "--family",
+            family,
+            "--container-definitions",
+            container_definitions,
+        ]);
+        v["taskDefinition"]["taskDefinitionArn"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no taskDefinitionArn in {v}"))
+            .to_string()
+    }
+}
+
 impl Drop for ControlProc {
     fn drop(&mut self) {
         self.kill9();

@@ -153,7 +153,11 @@ impl Agent {
                     .arg("--")
                     .arg(env!("CARGO_BIN_EXE_dockhand"));
                 for (k, _) in std::env::vars() {
-                    if k.starts_with("ECS_") || k.starts_with("DOCKHAND_") || k == "DOCKER_HOST" {
+                    if k.starts_with("ECS_")
+                        || k.starts_with("DOCKHAND_")
+                        || k.starts_with("AWS_")
+                        || k == "DOCKER_HOST"
+                    {
                         c.env_remove(k);
                     }
                 }
@@ -451,11 +455,70 @@ pub fn dockhand() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));
     // The test's own config must not be overridden by the caller's shell.
     for (k, _) in std::env::vars() {
-        if k.starts_with("ECS_") || k.starts_with("DOCKHAND_") || k == "DOCKER_HOST" {
+        if k.starts_with("ECS_")
+            || k.starts_with("DOCKHAND_")
+            || k.starts_with("AWS_")
+            || k == "DOCKER_HOST"
+        {
             cmd.env_remove(k);
         }
     }
     cmd
+}
+
+/// HAProxy in front of some agents' proxies: the article's ELB. It checks
+/// each host every 500 ms, and retries a request that a host could not
+/// serve (refused, or 503: no task of the service there right now) on
+/// another host, as an ELB in front of Dockhand hosts should be set up.
+pub struct Haproxy {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Haproxy {
+    /// Starts HAProxy on a free port, balancing over `hosts` (proxy
+    /// ports), health-checking `check_path` on each.
+    pub fn start(hosts: &[u16], check_path: &str) -> Haproxy {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("dockhand-haproxy-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("haproxy dir");
+        let mut cfg = format!(
+            "global\n  maxconn 2000\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  \
+             retries 3\n  option redispatch 1\n  retry-on conn-failure empty-response response-timeout 503\n\n\
+             frontend elb\n  bind 127.0.0.1:{port}\n  default_backend hosts\n\n\
+             backend hosts\n  balance roundrobin\n  option httpchk GET {check_path}\n  http-check expect status 200\n  \
+             default-server inter 500ms fall 2 rise 2\n"
+        );
+        for (i, h) in hosts.iter().enumerate() {
+            cfg.push_str(&format!("  server host{i} 127.0.0.1:{h} check\n"));
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start haproxy (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Haproxy { port, dir, child }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn rand_suffix() -> String {

@@ -13,7 +13,8 @@
 
 pub mod service_dir;
 
-use dockhand_model::ServiceSpec;
+use dockhand_model::protocol::ServiceRouting;
+use dockhand_model::{ServiceSpec, TaskDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -35,6 +36,60 @@ pub struct Desired {
     /// their last good spec).
     #[serde(default)]
     pub broken: BTreeMap<String, String>,
+    /// Managed mode: the tasks the control endpoint placed here. When set,
+    /// `services` and `broken` are empty: the control endpoint decides
+    /// counts and rollouts, the agent runs exactly these tasks.
+    #[serde(default)]
+    pub managed: Option<Managed>,
+}
+
+/// What the control endpoint placed on this instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Managed {
+    pub sequence: u64,
+    /// By task id (the last part of the task's ARN).
+    pub tasks: BTreeMap<String, ManagedTask>,
+    /// The routes of the services of those tasks.
+    pub services: BTreeMap<String, ServiceRouting>,
+}
+
+/// One task the control endpoint placed here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManagedTask {
+    pub arn: String,
+    /// Its service, or `family:NAME` for a task started by RunTask.
+    pub service: String,
+    pub revision: u32,
+    pub task_definition: TaskDefinition,
+    /// RUNNING; false: drain and stop it.
+    pub running: bool,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+}
+
+impl Managed {
+    /// The service a routed task of `service` belongs to, as a spec the
+    /// router understands: its routes, and a task definition of it (the
+    /// newest placed here) for its network mode.
+    pub fn service_spec(&self, service: &str) -> Option<ServiceSpec> {
+        let routing = self.services.get(service)?;
+        let td = self
+            .tasks
+            .values()
+            .filter(|t| t.service == service)
+            .max_by_key(|t| t.revision)?
+            .task_definition
+            .clone();
+        Some(ServiceSpec {
+            service_name: service.to_string(),
+            desired_count: None,
+            scheduling_strategy: Default::default(),
+            deployment_configuration: Default::default(),
+            health_check_grace_period_seconds: routing.health_check_grace_period_seconds,
+            task_definition: td,
+            load_balancers: routing.load_balancers.clone(),
+        })
+    }
 }
 
 /// A channel whose receiver starts at [`DesiredState::Unknown`].

@@ -60,18 +60,16 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             if !counts {
                 continue;
             }
+            let managed = self.desired.managed.as_ref().and_then(|m| m.tasks.get(id));
             let (m, c) = match tasks.get(id) {
                 Some(t) => t.reservation(),
                 None => self
                     .desired
                     .services
                     .get(&rec.service)
-                    .map(|s| {
-                        (
-                            s.task_definition.memory_mib(),
-                            s.task_definition.cpu_units(),
-                        )
-                    })
+                    .map(|s| &s.task_definition)
+                    .or(managed.map(|m| &m.task_definition))
+                    .map(|td| (td.memory_mib(), td.cpu_units()))
                     .unwrap_or((0, 0)),
             };
             mem -= i128::from(m);
@@ -87,6 +85,19 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         revision: u32,
         digest: &str,
         tasks: &BTreeMap<String, TaskObs>,
+    ) -> Result<(), String> {
+        self.start_task_as(spec, revision, digest, tasks, None)
+    }
+
+    /// Places one new task of `spec` and spawns its launch, with the task
+    /// id given (managed mode: the control endpoint's) or a new one.
+    pub(super) fn start_task_as(
+        &mut self,
+        spec: &ServiceSpec,
+        revision: u32,
+        digest: &str,
+        tasks: &BTreeMap<String, TaskObs>,
+        id: Option<(&str, &str)>,
     ) -> Result<(), String> {
         let def = &spec.task_definition;
         let (free_mem, free_cpu) = self.free_resources(tasks);
@@ -137,8 +148,14 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             }
         }
 
-        let task_id = random_hex(16);
-        let task_arn = crate::status::task_arn(&self.cfg.cluster, &task_id);
+        let (task_id, task_arn) = match id {
+            Some((id, arn)) => (id.to_string(), arn.to_string()),
+            None => {
+                let id = random_hex(16);
+                let arn = crate::status::task_arn(&self.cfg.cluster, &id);
+                (id, arn)
+            }
+        };
         let launch = TaskLaunch {
             instance: &self.store.state.instance_id,
             cluster: &self.cfg.cluster,

@@ -29,6 +29,7 @@
 
 mod housekeeping;
 mod launch;
+mod managed;
 mod pacing;
 mod publish;
 mod service;
@@ -170,6 +171,9 @@ pub struct Supervisor<E, R> {
     /// `state.json` keeps the wall-clock copy for the next agent).
     next_start: HashMap<String, Instant>,
     ready: Option<(tokio::sync::oneshot::Sender<()>, Instant)>,
+    /// Managed mode: tasks this process saw end (never started again under
+    /// the same id).
+    ended: HashSet<String>,
 }
 
 impl<E: Engine, R: Router> Supervisor<E, R> {
@@ -216,6 +220,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             outage: None,
             recovered,
             ready: Some((p.ready, Instant::now() + READY_WAIT)),
+            ended: HashSet::new(),
         }
     }
 
@@ -490,19 +495,27 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             self.restart_crashed_in_place(&tasks);
         }
         self.drive_stops(&tasks);
-        let services: BTreeSet<String> = self
-            .desired
-            .services
-            .keys()
-            .chain(self.desired.broken.keys())
-            .chain(self.store.state.tasks.values().map(|t| &t.service))
-            .cloned()
-            .collect();
-        for name in services {
+        if let Some(m) = self.desired.managed.clone() {
             if self.known {
-                self.reconcile_service(&name, &tasks);
+                self.reconcile_managed(&m, &tasks);
             } else {
-                self.hold_service(&name, &tasks);
+                self.hold_managed(&m, &tasks);
+            }
+        } else {
+            let services: BTreeSet<String> = self
+                .desired
+                .services
+                .keys()
+                .chain(self.desired.broken.keys())
+                .chain(self.store.state.tasks.values().map(|t| &t.service))
+                .cloned()
+                .collect();
+            for name in services {
+                if self.known {
+                    self.reconcile_service(&name, &tasks);
+                } else {
+                    self.hold_service(&name, &tasks);
+                }
             }
         }
         if self.known {

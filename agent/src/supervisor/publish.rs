@@ -101,15 +101,30 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             }
             snapshot.tasks.push(t);
         }
+        let managed = self.desired.managed.as_ref();
         let names: BTreeSet<&String> = self
             .desired
             .services
             .keys()
             .chain(self.store.state.services.keys())
+            .chain(
+                managed
+                    .into_iter()
+                    .flat_map(|m| m.tasks.values().map(|t| &t.service)),
+            )
             .collect();
         for name in names {
-            let spec = self.current_spec(name);
+            let spec = self
+                .current_spec(name)
+                .or_else(|| managed?.service_spec(name));
             let spec = spec.as_ref();
+            // Managed mode: as many as the control endpoint placed here.
+            let placed = managed.map(|m| {
+                m.tasks
+                    .values()
+                    .filter(|t| &t.service == name && t.running)
+                    .count() as u32
+            });
             let rec = self
                 .store
                 .state
@@ -118,7 +133,15 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                 .cloned()
                 .unwrap_or_else(ServiceRecord::default);
             let mine = snapshot.tasks.iter().filter(|t| &t.service == name);
-            let revision = spec.and_then(|s| {
+            let managed_revision = managed.and_then(|m| {
+                m.tasks
+                    .values()
+                    .filter(|t| &t.service == name && t.running)
+                    .map(|t| t.revision)
+                    .max()
+            });
+            let revision = managed_revision.or_else(|| {
+                let s = spec?;
                 let digest = s.task_definition.digest();
                 self.store
                     .state
@@ -149,7 +172,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                 digest: spec.map(|s| s.task_definition.digest()),
                 failed_digest: rec.failed_digest.clone(),
                 revision,
-                desired: spec.map_or(0, ServiceSpec::wanted_tasks),
+                desired: placed.unwrap_or_else(|| spec.map_or(0, ServiceSpec::wanted_tasks)),
                 running,
                 healthy,
                 running_by_revision: by_revision,

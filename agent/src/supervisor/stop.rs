@@ -70,10 +70,15 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         }
         let inflight = &self.inflight;
         let router = &self.router;
+        let ended = &mut self.ended;
+        let managed = self.desired.managed.is_some();
         self.store.state.tasks.retain(|id, _| {
             let keep = tasks.contains_key(id) || inflight.contains_key(id);
             if !keep {
                 router.remove_task(id);
+                if managed {
+                    ended.insert(id.clone());
+                }
             }
             keep
         });
