@@ -87,6 +87,7 @@ async fn main() {
     let addr: std::net::SocketAddr = arg(1).parse().expect("ADDR is IP:PORT");
     let operator = Endpoint {
         addr,
+        others: Vec::new(),
         key: arg(2),
         secret: arg(3),
         region: "us-east-1".into(),

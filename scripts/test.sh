@@ -9,8 +9,10 @@
 #   3. runs cargo fmt --check, clippy -D warnings and every test (unit
 #      tests, the supervisor's and the scheduler's rule scenarios, a smoke
 #      run of each fuzz target, integration and chaos tests against the
-#      engine, the control endpoint driven by the real AWS CLI), then checks
-#      that no agent or control process was left behind;
+#      engine, the control endpoint driven by the real AWS CLI on SQLite and
+#      on private PostgreSQL servers, managed agents behind HAProxy), then
+#      checks that no agent, control, PostgreSQL or HAProxy process was left
+#      behind;
 #   4. builds the .deb, installs, checks and purges it (tests/package.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,7 @@ command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
 command -v docker-registry >/dev/null 2>&1 || missing="$missing docker-registry"
 command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
 command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$missing postgresql"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing="$missing faketime"
 command -v prlimit >/dev/null 2>&1 || missing="$missing util-linux"
@@ -38,6 +41,9 @@ fi
 # The Debian package starts a system registry on :5000; the tests run their own.
 systemctl stop docker-registry >/dev/null 2>&1 || true
 systemctl stop haproxy >/dev/null 2>&1 || true
+# The tests start private PostgreSQL servers (their own data directories and
+# ports); the package's own cluster is not used.
+systemctl stop postgresql >/dev/null 2>&1 || true
 log "Docker engine $(docker version --format '{{.Server.Version}}') at $DOCKER_HOST"
 
 log "building the test image"
@@ -51,9 +57,9 @@ log "cargo test (unit, rule scenarios, fuzz smoke, integration against the engin
 cargo test --locked --workspace -- --test-threads=4
 # The suite must leave nothing running behind it.
 sleep 1
-if pgrep -af 'target/debug/dockhand (agent|control)' >/dev/null; then
+if pgrep -af 'target/debug/dockhand (agent|control)|postgres -D /tmp/dockhand-pg|haproxy -db' >/dev/null; then
   log "processes the tests left behind:"
-  pgrep -af 'target/debug/dockhand (agent|control)' >&2
+  pgrep -af 'target/debug/dockhand (agent|control)|postgres -D /tmp/dockhand-pg|haproxy -db' >&2
   exit 1
 fi
 log "package test"

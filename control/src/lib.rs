@@ -41,7 +41,16 @@ pub struct Control {
     pub scheduler_wake: tokio::sync::Notify,
     /// Parsed task definitions by ARN (revisions never change).
     taskdefs: Mutex<HashMap<String, Arc<dockhand_model::TaskDefinition>>>,
-    leader: std::sync::atomic::AtomicBool,
+    /// This process's name in the scheduler lease (PostgreSQL).
+    pub holder: String,
+    /// The fencing token of the scheduler lease while this process holds
+    /// it; 0 when it does not. Always held with SQLite.
+    lease_token: std::sync::atomic::AtomicI64,
+    /// Since when this process has been able to hear agents and decide:
+    /// its start, or when it last took the scheduler lease (after a
+    /// takeover, or the database coming back). Silence before then is the
+    /// control endpoint's own outage, not the hosts'.
+    hearing_since: std::sync::atomic::AtomicI64,
     /// Set when the process is stopping: held polls answer at once.
     pub closing: tokio::sync::watch::Sender<bool>,
     /// Agents' reports, to the group commit ([`api::agent::run_reports`]).
@@ -75,6 +84,7 @@ impl Control {
         tokio::sync::mpsc::Receiver<api::agent::PendingReport>,
     ) {
         let (reports, queue) = tokio::sync::mpsc::channel(4096);
+        let always_leader = store.kind == store::Kind::Sqlite;
         let ctl = Control {
             cfg,
             store,
@@ -82,7 +92,16 @@ impl Control {
             notifier: notify::Notifier::default(),
             scheduler_wake: tokio::sync::Notify::new(),
             taskdefs: Mutex::new(HashMap::new()),
-            leader: std::sync::atomic::AtomicBool::new(true),
+            lease_token: std::sync::atomic::AtomicI64::new(i64::from(always_leader)),
+            hearing_since: std::sync::atomic::AtomicI64::new(ids::now_ms()),
+            holder: format!(
+                "{}:{}:{}",
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .unwrap_or_default()
+                    .trim(),
+                std::process::id(),
+                ids::hex(4)
+            ),
             closing: tokio::sync::watch::channel(false).0,
             reports,
         };
@@ -100,7 +119,19 @@ impl Control {
     /// Whether an instance's agent polled within the heartbeat timeout.
     pub fn connected(&self, i: &InstanceRec, now: i64) -> bool {
         i.status != "INACTIVE"
-            && now.saturating_sub(i.last_seen_at) < self.cfg.heartbeat_timeout.as_millis() as i64
+            && now.saturating_sub(self.last_heard(i))
+                < self.cfg.heartbeat_timeout.as_millis() as i64
+    }
+
+    /// When an instance was last heard from, as far as silence counts:
+    /// never before this process could hear it (a control endpoint that was
+    /// down, or without its database, does not hold its own outage against
+    /// the hosts: their tasks are not given up for it).
+    pub fn last_heard(&self, i: &InstanceRec) -> i64 {
+        i.last_seen_at.max(
+            self.hearing_since
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
     }
 
     /// Asks the scheduler for a pass now.
@@ -110,7 +141,27 @@ impl Control {
 
     /// Whether this process runs the scheduler (always, with SQLite).
     pub fn is_leader(&self) -> bool {
-        self.leader.load(std::sync::atomic::Ordering::Acquire)
+        self.lease_token() > 0
+    }
+
+    /// The scheduler lease's fencing token, 0 when not held.
+    pub fn lease_token(&self) -> i64 {
+        self.lease_token.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_lease(&self, token: i64) {
+        let before = self
+            .lease_token
+            .swap(token, std::sync::atomic::Ordering::AcqRel);
+        metrics::set_leader(token > 0);
+        if before == 0 && token > 0 {
+            self.hearing_since
+                .store(ids::now_ms(), std::sync::atomic::Ordering::Release);
+            tracing::info!(token, holder = %self.holder, "this replica runs the scheduler now");
+            self.wake();
+        } else if before > 0 && token == 0 {
+            tracing::warn!(holder = %self.holder, "this replica no longer runs the scheduler");
+        }
     }
 
     /// The parsed task definition an ARN names, cached.
@@ -172,6 +223,48 @@ impl Control {
             if let Ok(Some((seq, _, _))) = store::instance_head(&mut c, arn).await {
                 self.notifier.desired_changed(arn, seq);
             }
+        }
+    }
+}
+
+/// The scheduler lease: how long it lasts without renewal, and how often
+/// it is renewed (or tried for). A dead leader is replaced within
+/// `LEASE_TTL + LEASE_EVERY`.
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(6);
+const LEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+pub const LEASE: &str = "scheduler";
+
+/// Holds or tries for the scheduler lease, until `shutdown` (PostgreSQL).
+async fn lease_loop(ctl: Arc<Control>, shutdown: drain::Watch) {
+    let signaled = shutdown.signaled();
+    tokio::pin!(signaled);
+    loop {
+        let started = std::time::Instant::now();
+        match ctl
+            .store
+            .acquire_lease(LEASE, &ctl.holder, LEASE_TTL.as_millis() as i64)
+            .await
+        {
+            Ok(Some(token)) => ctl.set_lease(token),
+            Ok(None) => ctl.set_lease(0),
+            Err(e) => {
+                // Without the database a replica cannot know it still holds
+                // the lease: it stops scheduling at once.
+                if ctl.is_leader() {
+                    tracing::warn!(cause = %e, "cannot renew the scheduler lease");
+                }
+                ctl.set_lease(0);
+            }
+        }
+        tokio::select! {
+            _ = &mut signaled => break,
+            _ = tokio::time::sleep(LEASE_EVERY.saturating_sub(started.elapsed())) => {}
+        }
+    }
+    if ctl.is_leader() {
+        ctl.set_lease(0);
+        if let Err(e) = ctl.store.release_lease(LEASE, &ctl.holder).await {
+            tracing::warn!(cause = %e, "cannot release the scheduler lease; another replica takes over when it runs out");
         }
     }
 }
@@ -262,6 +355,9 @@ pub async fn run(
     let ctl = Arc::new(ctl);
     let reports = tokio::spawn(api::agent::run_reports(Arc::clone(&ctl), queue));
     let (signal, watch) = drain::channel();
+    metrics::set_leader(ctl.is_leader());
+    let lease = (ctl.store.kind == store::Kind::Postgres)
+        .then(|| tokio::spawn(lease_loop(Arc::clone(&ctl), watch.clone())));
     let server = tokio::spawn(http::serve(Arc::clone(&ctl), listener, tls, watch.clone()));
     let scheduler = tokio::spawn(scheduler::run(Arc::clone(&ctl), watch));
     ctl.wake();
@@ -269,6 +365,9 @@ pub async fn run(
     tracing::info!("shutting down");
     ctl.closing.send_replace(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), signal.drain()).await;
+    if let Some(l) = lease {
+        let _ = l.await;
+    }
     server.abort();
     scheduler.abort();
     reports.abort();

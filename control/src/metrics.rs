@@ -63,9 +63,22 @@ pub fn api_call(target: &str, took: Duration, ok: bool) {
     }
 }
 
-/// The Prometheus text of every operation's histogram.
+static LEADER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process runs the scheduler (the lease, on PostgreSQL).
+pub fn set_leader(leader: bool) {
+    LEADER.store(leader, Ordering::Relaxed);
+}
+
+/// The Prometheus text of every operation's histogram, and whether this
+/// replica schedules.
 pub fn render() -> String {
     let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# HELP dockhand_control_leader 1 if this replica runs the scheduler.\n# TYPE dockhand_control_leader gauge\ndockhand_control_leader {}",
+        u8::from(LEADER.load(Ordering::Relaxed))
+    );
     let _ = writeln!(o, "# HELP dockhand_control_api_seconds API calls by operation.\n# TYPE dockhand_control_api_seconds histogram");
     let t = table().lock().unwrap_or_else(|p| p.into_inner());
     for (op, h) in t.iter() {

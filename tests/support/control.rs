@@ -24,7 +24,33 @@ pub struct ControlProc {
     pub port: u16,
     pub operator: Key,
     pub instance: Key,
+    extra: Vec<String>,
+    /// The credentials file (the first replica's, shared).
+    credentials: PathBuf,
     child: Option<Child>,
+}
+
+/// Writes `dir/control.conf`: a free port, `dir/data`, the credentials
+/// file, and `extra`.
+fn write_config(
+    dir: &std::path::Path,
+    credentials: &std::path::Path,
+    extra: &[&str],
+) -> (PathBuf, u16) {
+    std::fs::create_dir_all(dir).expect("create the test dir");
+    let port = super::free_port();
+    let config = dir.join("control.conf");
+    let mut text = format!(
+        "DOCKHAND_CONTROL_LISTEN=127.0.0.1:{port}\nDOCKHAND_CONTROL_DATADIR={}\nDOCKHAND_CONTROL_CREDENTIALS={}\n",
+        dir.join("data").display(),
+        credentials.display()
+    );
+    for l in extra {
+        text.push_str(l);
+        text.push('\n');
+    }
+    std::fs::write(&config, text).expect("write control.conf");
+    (config, port)
 }
 
 fn parse_profile(text: &str) -> Key {
@@ -58,19 +84,8 @@ impl ControlProc {
             std::process::id(),
             super::free_port()
         ));
-        std::fs::create_dir_all(&dir).expect("create the test dir");
-        let port = super::free_port();
-        let config = dir.join("control.conf");
-        let mut text = format!(
-            "DOCKHAND_CONTROL_LISTEN=127.0.0.1:{port}\nDOCKHAND_CONTROL_DATADIR={}\nDOCKHAND_CONTROL_CREDENTIALS={}\n",
-            dir.join("data").display(),
-            dir.join("credentials").display()
-        );
-        for l in extra {
-            text.push_str(l);
-            text.push('\n');
-        }
-        std::fs::write(&config, text).expect("write control.conf");
+        let credentials = dir.join("credentials");
+        let (config, port) = write_config(&dir, &credentials, extra);
         let new_key = |args: &[&str]| {
             let out = super::dockhand()
                 .args(["control", "--config"])
@@ -94,10 +109,42 @@ impl ControlProc {
             port,
             operator,
             instance,
+            extra: extra.iter().map(|l| l.to_string()).collect(),
+            credentials,
             child: None,
         };
         c.spawn();
         c
+    }
+
+    /// Another replica of this control endpoint: the same config lines
+    /// (the same database), the same credentials file, its own port.
+    pub fn replica(&self, test: &str) -> ControlProc {
+        let dir = std::env::temp_dir().join(format!(
+            "dockhand-ctl-{test}-{}-{}",
+            std::process::id(),
+            super::free_port()
+        ));
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let (config, port) = write_config(&dir, &self.credentials, &extra);
+        let mut c = ControlProc {
+            dir,
+            config,
+            port,
+            operator: self.operator.clone(),
+            instance: self.instance.clone(),
+            extra: self.extra.clone(),
+            credentials: self.credentials.clone(),
+            child: None,
+        };
+        c.spawn();
+        c
+    }
+
+    /// Whether this replica runs the scheduler (its `/metrics`).
+    pub fn is_leader(&self) -> bool {
+        super::http_get(self.port, "/metrics")
+            .is_ok_and(|(_, body)| body.lines().any(|l| l == "dockhand_control_leader 1"))
     }
 
     /// Starts the process (again) and waits until it answers.
@@ -144,6 +191,7 @@ impl ControlProc {
     pub fn endpoint(&self, key: &Key) -> Endpoint {
         Endpoint {
             addr: ([127, 0, 0, 1], self.port).into(),
+            others: Vec::new(),
             key: key.id.clone(),
             secret: key.secret.clone(),
             region: "us-east-1".into(),
@@ -157,11 +205,31 @@ impl ControlProc {
     /// `aws ecs ARGS… --endpoint-url …` as profile `profile`: the answer's
     /// JSON, or the CLI's error text.
     pub fn aws_as(&self, profile: &str, args: &[&str]) -> Result<Value, String> {
-        let out = Command::new("aws")
+        self.aws_with(profile, args, None)
+    }
+
+    /// `aws ecs …` as the operator, without the CLI's retries (it retries a
+    /// ServerException four times by default).
+    pub fn aws_once(&self, args: &[&str]) -> Result<Value, String> {
+        let p = self.operator.profile.clone();
+        self.aws_with(&p, args, Some(1))
+    }
+
+    fn aws_with(
+        &self,
+        profile: &str,
+        args: &[&str],
+        attempts: Option<u32>,
+    ) -> Result<Value, String> {
+        let mut cmd = Command::new("aws");
+        if let Some(n) = attempts {
+            cmd.env("AWS_MAX_ATTEMPTS", n.to_string());
+        }
+        let out = cmd
             .arg("ecs")
             .args(args)
             .args(["--endpoint-url", &self.url(), "--output", "json"])
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.join("credentials"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", &self.credentials)
             .env("AWS_CONFIG_FILE", self.dir.join("aws-config-absent"))
             .env("AWS_PROFILE", profile)
             .env("AWS_DEFAULT_REGION", "us-east-1")

@@ -10,6 +10,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of the rig.
 
 pub mod control;
+pub mod postgres;
 pub mod sim;
 
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant, SystemTime};
 #[derive(Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// Other replicas, tried in turn when one cannot be reached.
+    pub others: Vec<SocketAddr>,
     pub key: String,
     pub secret: String,
     pub region: String,
@@ -53,6 +55,8 @@ impl std::fmt::Display for CallError {
 pub struct Conn {
     ep: Endpoint,
     tx: Option<SendRequest<Full<Bytes>>>,
+    /// Which of the endpoint's addresses is in use.
+    current: usize,
 }
 
 impl Conn {
@@ -60,7 +64,23 @@ impl Conn {
         Conn {
             ep: ep.clone(),
             tx: None,
+            current: 0,
         }
+    }
+
+    /// The address in use now.
+    pub fn addr(&self) -> SocketAddr {
+        let n = 1 + self.ep.others.len();
+        match self.current % n {
+            0 => self.ep.addr,
+            i => self.ep.others[i - 1],
+        }
+    }
+
+    /// After a transport failure: the next replica.
+    fn next(&mut self) {
+        self.tx = None;
+        self.current += 1;
     }
 
     async fn open(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, CallError> {
@@ -69,7 +89,7 @@ impl Conn {
                 code: "Transport".into(),
                 message: e.to_string(),
             };
-            let s = tokio::net::TcpStream::connect(self.ep.addr)
+            let s = tokio::net::TcpStream::connect(self.addr())
                 .await
                 .map_err(|e| transport(&e))?;
             let _ = s.set_nodelay(true);
@@ -82,10 +102,19 @@ impl Conn {
         Ok(self.tx.as_mut().expect("just opened"))
     }
 
-    /// Calls `target` with `body`; returns the answer's JSON.
+    /// Calls `target` with `body`; returns the answer's JSON. After a
+    /// transport failure the next call goes to the next replica.
     pub async fn call(&mut self, target: &str, body: &Value) -> Result<Value, CallError> {
+        let r = self.call_here(target, body).await;
+        if r.as_ref().is_err_and(|e| e.code == "Transport") {
+            self.next();
+        }
+        r
+    }
+
+    async fn call_here(&mut self, target: &str, body: &Value) -> Result<Value, CallError> {
         let bytes = body.to_string().into_bytes();
-        let host = self.ep.addr.to_string();
+        let host = self.addr().to_string();
         let mut headers = vec![
             ("Host".to_string(), host),
             (

@@ -86,6 +86,21 @@ pub async fn pass_all(ctl: &Control) -> Result<usize, StoreError> {
 pub async fn pass(ctl: &Control, cluster: &str) -> Result<usize, StoreError> {
     let _w = ctl.store.lock().await;
     let mut tx = ctl.store.begin().await?;
+    // Fencing: a replica that lost the lease (it paused, or lost the
+    // database for longer than the lease) decides nothing. The check runs
+    // under the writer lock, so no new leader writes meanwhile.
+    if ctl.store.kind == store::Kind::Postgres
+        && !store::lease_held(
+            &mut tx,
+            ctl.store.kind,
+            crate::LEASE,
+            &ctl.holder,
+            ctl.lease_token(),
+        )
+        .await?
+    {
+        return Ok(0);
+    }
     let now = crate::ids::now_ms();
     let t0 = Instant::now();
     let mut st = state::ClusterState::load(ctl, &mut tx, cluster, now).await?;

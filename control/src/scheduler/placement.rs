@@ -354,7 +354,7 @@ mod tests {
             report_seq: 0,
             version: 1,
         };
-        InstanceView::new(rec, (1000, 50_000, 300_000))
+        InstanceView::new(rec.last_seen_at, rec, (1000, 50_000, 300_000))
     }
 
     fn need(mem: i64) -> Need {

@@ -28,9 +28,11 @@ pub struct InstanceView {
 }
 
 impl InstanceView {
-    pub fn new(rec: InstanceRec, ctl_now: (i64, i64, i64)) -> InstanceView {
+    /// A view of `rec` at `now`; `heard` is when it was last heard from
+    /// as far as silence counts ([`Control::last_heard`]).
+    pub fn new(heard: i64, rec: InstanceRec, ctl_now: (i64, i64, i64)) -> InstanceView {
         let (now, heartbeat_ms, grace_ms) = ctl_now;
-        let silent = now.saturating_sub(rec.last_seen_at);
+        let silent = now.saturating_sub(heard);
         let mut used_ports = BTreeSet::new();
         for p in rec.reserved_ports("PORTS") {
             used_ports.insert((p, "tcp".to_string()));
@@ -125,7 +127,7 @@ impl ClusterState {
         let mut instances: Vec<InstanceView> = store::list_instances(c, cluster, false)
             .await?
             .into_iter()
-            .map(|r| InstanceView::new(r, timing))
+            .map(|r| InstanceView::new(ctl.last_heard(&r), r, timing))
             .collect();
         let services: Vec<ServiceRec> = store::list_services(c, cluster)
             .await?

@@ -6,11 +6,17 @@
 //! Every change is a transaction. Changes that decide something from what
 //! they read (a registration, a scheduling pass, a report) run under
 //! [`Store::lock`], so two of them never decide from the same old state in
-//! one process; PostgreSQL replicas additionally take the leader lease
-//! before scheduling (the HA issue). SQLite runs in WAL mode with
-//! `synchronous=NORMAL`: a committed transaction survives `kill -9` of the
-//! process (the WAL is in the page cache), and readers never wait for the
-//! writer.
+//! one process, and their transactions ([`Store::begin`]) are serialized
+//! across processes too: SQLite's `BEGIN IMMEDIATE` takes the file's write
+//! lock; on PostgreSQL every writing transaction takes one transaction-level
+//! advisory lock first, so replicas never decide from the same old state
+//! either (no task placed twice, no service over its maximum). Reads take
+//! no lock. Which replica schedules is a lease ([`Store::acquire_lease`])
+//! with a fencing token that each pass checks inside its own transaction.
+//!
+//! SQLite runs in WAL mode with `synchronous=NORMAL`: a committed
+//! transaction survives `kill -9` of the process (the WAL is in the page
+//! cache), and readers never wait for the writer.
 
 use crate::records::{ClusterRec, InstanceRec, ServiceRec, TaskDefRec, TaskRec};
 use serde::de::DeserializeOwned;
@@ -24,10 +30,16 @@ use std::time::Duration;
 pub const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = include_str!("schema.sql");
 
+/// The key of the advisory lock every writing transaction takes on
+/// PostgreSQL ("dockhand" in ASCII).
+const WRITER_LOCK: i64 = 0x646f_636b_6861_6e64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("cannot connect to {what}: {source}")]
+    Unreachable { what: String, source: sqlx::Error },
     #[error("the database holds schema version {found}; this dockhand knows up to {SCHEMA_VERSION}: upgrade dockhand first")]
     TooNew { found: i64 },
     #[error("a stored record is not valid ({table}): {source}")]
@@ -67,6 +79,57 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// A database URL as an error may show it: no password.
+fn describe_url(url: &str) -> String {
+    if url.starts_with("sqlite:") {
+        return format!(
+            "the SQLite file {}",
+            url.trim_start_matches("sqlite://")
+                .split('?')
+                .next()
+                .unwrap_or("")
+        );
+    }
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    format!("PostgreSQL at {}", host.split('?').next().unwrap_or(host))
+}
+
+/// The database's time, unix milliseconds (leases compare against one
+/// clock, whatever the replicas' clocks say).
+async fn db_now(c: &mut AnyConnection, kind: Kind) -> Result<i64, StoreError> {
+    Ok(match kind {
+        Kind::Postgres => {
+            sqlx::query_as::<_, (i64,)>(
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            )
+            .fetch_one(c)
+            .await?
+            .0
+        }
+        Kind::Sqlite => crate::ids::now_ms(),
+    })
+}
+
+/// Whether `holder` still has lease `name` with `token`, checked inside the
+/// caller's transaction (which holds the writer lock): a replica that lost
+/// the lease while it was deciding writes nothing.
+pub async fn lease_held(
+    c: &mut AnyConnection,
+    kind: Kind,
+    name: &str,
+    holder: &str,
+    token: i64,
+) -> Result<bool, StoreError> {
+    let now = db_now(c, kind).await?;
+    let row: Option<(String, i64, i64)> =
+        sqlx::query_as("SELECT holder, token, expires_at FROM leases WHERE name = $1")
+            .bind(name)
+            .fetch_optional(c)
+            .await?;
+    Ok(row.is_some_and(|(h, t, exp)| h == holder && t == token && exp > now))
+}
+
 impl Store {
     /// Opens (and migrates) the database: `url` is `sqlite://PATH` or
     /// `postgres://…`.
@@ -78,9 +141,12 @@ impl Store {
             Kind::Postgres
         };
         let options = AnyConnectOptions::from_str(url)?;
+        let what = describe_url(url);
         let pool = AnyPoolOptions::new()
             .max_connections(if kind == Kind::Sqlite { 8 } else { 16 })
-            .acquire_timeout(Duration::from_secs(10))
+            // A database that does not answer makes calls fail in seconds
+            // (ServerException), not hang.
+            .acquire_timeout(Duration::from_secs(3))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     let setup: &[&str] = match kind {
@@ -98,7 +164,8 @@ impl Store {
                 })
             })
             .connect_with(options)
-            .await?;
+            .await
+            .map_err(|source| StoreError::Unreachable { what, source })?;
         let store = Store {
             pool,
             kind,
@@ -122,7 +189,8 @@ impl Store {
     /// Creates the tables, or checks that the stored schema is one this
     /// binary knows.
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // Replicas starting together migrate one after the other.
+        let mut tx = self.begin().await?;
         for stmt in SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let stmt: String = stmt
                 .lines()
@@ -158,8 +226,74 @@ impl Store {
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self.kind {
             Kind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Kind::Postgres => self.pool.begin().await?,
+            Kind::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITER_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
         })
+    }
+
+    /// Takes or renews lease `name` for `holder` for `ttl_ms` (database
+    /// time); returns its fencing token when `holder` has it.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.begin().await?;
+        let now = db_now(&mut tx, self.kind).await?;
+        let row: Option<(String, i64, i64)> =
+            sqlx::query_as("SELECT holder, token, expires_at FROM leases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let token = match row {
+            None => {
+                sqlx::query(
+                    "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3)",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now + ttl_ms)
+                .execute(&mut *tx)
+                .await?;
+                Some(1)
+            }
+            Some((h, token, expires)) if h == holder || expires < now => {
+                let token = if h == holder { token } else { token + 1 };
+                sqlx::query(
+                    "UPDATE leases SET holder = $1, token = $2, expires_at = $3 WHERE name = $4",
+                )
+                .bind(holder)
+                .bind(token)
+                .bind(now + ttl_ms)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+                Some(token)
+            }
+            Some(_) => None,
+        };
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// Gives lease `name` up if `holder` has it (a clean shutdown: another
+    /// replica takes over at once instead of after the lease runs out).
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A read-only transaction: one consistent snapshot for several reads.
@@ -840,4 +974,69 @@ pub async fn cluster_counts(
             .fetch_one(c)
             .await?;
     Ok((instances, running, pending, services))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db() -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("dockhand-store-{}", crate::ids::hex(6)));
+        let url = Store::sqlite_url(&dir.join("control.sqlite")).unwrap();
+        (dir, url)
+    }
+
+    #[tokio::test]
+    async fn a_schema_newer_than_the_binary_is_refused_and_left_alone() {
+        let (dir, url) = temp_db();
+        let store = Store::open(&url).await.unwrap();
+        sqlx::query("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store.close().await;
+        let e = Store::open(&url).await.err().expect("refused");
+        assert!(
+            e.to_string()
+                .contains("schema version 99; this dockhand knows up to 1: upgrade dockhand first"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn the_lease_has_one_holder_and_a_new_token_for_each() {
+        let (dir, url) = temp_db();
+        let store = Store::open(&url).await.unwrap();
+        assert_eq!(
+            store.acquire_lease("s", "a", 60_000).await.unwrap(),
+            Some(1)
+        );
+        assert_eq!(store.acquire_lease("s", "b", 60_000).await.unwrap(), None);
+        assert_eq!(
+            store.acquire_lease("s", "a", 60_000).await.unwrap(),
+            Some(1),
+            "renewed"
+        );
+        store.release_lease("s", "a").await.unwrap();
+        assert_eq!(
+            store.acquire_lease("s", "b", 60_000).await.unwrap(),
+            Some(2),
+            "a new holder fences the old"
+        );
+        let mut c = store.read().await.unwrap();
+        assert!(lease_held(&mut c, store.kind, "s", "b", 2).await.unwrap());
+        assert!(!lease_held(&mut c, store.kind, "s", "a", 1).await.unwrap());
+        drop(c);
+        store.close().await;
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn errors_never_show_a_password() {
+        assert_eq!(
+            describe_url("postgres://dockhand:s3cret@db.internal:5432/control?sslmode=require"),
+            "PostgreSQL at db.internal:5432/control"
+        );
+    }
 }

@@ -80,3 +80,13 @@ CREATE TABLE IF NOT EXISTS tags (
     value TEXT NOT NULL,
     PRIMARY KEY (resource, key)
 );
+
+-- Leases between replicas (PostgreSQL): who runs the scheduler, until when
+-- (database time, unix milliseconds), and a fencing token that grows with
+-- each new holder.
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);

@@ -166,7 +166,7 @@ impl World {
             .instances
             .iter()
             .filter(|i| i.status != "INACTIVE")
-            .map(|i| InstanceView::new(i.clone(), timing))
+            .map(|i| InstanceView::new(i.last_seen_at, i.clone(), timing))
             .collect();
         let live: Vec<TaskRec> = self.tasks.iter().filter(|t| t.live()).cloned().collect();
         for t in &live {
