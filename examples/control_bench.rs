@@ -4,7 +4,11 @@
 //! meanwhile. Prints one line per figure, `name value`, for the script's
 //! table.
 //!
-//! Usage: control_bench ADDR OPERATOR_ID OPERATOR_SECRET INSTANCE_ID INSTANCE_SECRET AGENTS TASKS
+//! Usage: control_bench ADDRS OPERATOR_ID OPERATOR_SECRET INSTANCE_ID INSTANCE_SECRET AGENTS TASKS
+//!
+//! ADDRS is one IP:PORT, or several (replicas), comma-separated: agent i
+//! holds its session with replica i mod n (the others as fallbacks), the
+//! operator calls the first.
 
 #[path = "../tests/support/sim.rs"]
 mod sim;
@@ -17,7 +21,7 @@ const CLUSTER: &str = "bench";
 
 fn arg(n: usize) -> String {
     std::env::args().nth(n).unwrap_or_else(|| {
-        eprintln!("usage: control_bench ADDR OPERATOR_ID OPERATOR_SECRET INSTANCE_ID INSTANCE_SECRET AGENTS TASKS");
+        eprintln!("usage: control_bench ADDRS OPERATOR_ID OPERATOR_SECRET INSTANCE_ID INSTANCE_SECRET AGENTS TASKS");
         std::process::exit(2)
     })
 }
@@ -84,10 +88,13 @@ fn percentile(v: &mut [u32], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let addr: std::net::SocketAddr = arg(1).parse().expect("ADDR is IP:PORT");
+    let addrs: Vec<std::net::SocketAddr> = arg(1)
+        .split(',')
+        .map(|a| a.parse().expect("ADDRS are IP:PORT"))
+        .collect();
     let operator = Endpoint {
-        addr,
-        others: Vec::new(),
+        addr: addrs[0],
+        others: addrs[1..].to_vec(),
         key: arg(2),
         secret: arg(3),
         region: "us-east-1".into(),
@@ -112,7 +119,11 @@ async fn main() {
     let mut sims = Vec::with_capacity(agents);
     let mut joining = tokio::task::JoinSet::new();
     for i in 0..agents {
-        let ep = instance.clone();
+        // Agent i's home replica first, the others after.
+        let mut ep = instance.clone();
+        let n = addrs.len();
+        ep.addr = addrs[i % n];
+        ep.others = (1..n).map(|k| addrs[(i + k) % n]).collect();
         joining.spawn(async move {
             let mut spec = SimSpec::new(CLUSTER, &format!("i-{i:017}"));
             spec.memory = 2048;
