@@ -29,8 +29,13 @@ pub(crate) struct Backend {
     upgraded: AtomicUsize,
     state: Mutex<CheckState>,
     idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    /// Idle connections of the fast path (fast.rs), most recent last.
+    raw_idle: Mutex<Vec<Upstream>>,
     /// Notified whenever in-flight or upgraded counts drop.
     quiet: Notify,
+    /// Someone may wait on `quiet` (a drain began): only then do finished
+    /// requests notify, which takes a lock.
+    watched: AtomicBool,
     close_upgraded: watch::Sender<bool>,
     pub(crate) checker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -59,7 +64,9 @@ impl Backend {
                 last_failure: None,
             }),
             idle: Mutex::new(Vec::new()),
+            raw_idle: Mutex::new(Vec::new()),
             quiet: Notify::new(),
+            watched: AtomicBool::new(false),
             close_upgraded: watch::channel(false).0,
             checker: Mutex::new(None),
         }
@@ -71,11 +78,11 @@ impl Backend {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     pub fn upgraded(&self) -> usize {
-        self.upgraded.load(Ordering::Acquire)
+        self.upgraded.load(Ordering::SeqCst)
     }
 
     pub fn checks_done(&self) -> u64 {
@@ -123,8 +130,14 @@ impl Backend {
         let t = s.hysteresis.eject(check);
         self.refresh_routable(&s);
         drop(s);
-        lock(&self.idle).clear();
+        self.close_idle();
         t
+    }
+
+    /// Closes every idle pooled connection.
+    pub(crate) fn close_idle(&self) {
+        lock(&self.idle).clear();
+        lock(&self.raw_idle).clear();
     }
 
     pub fn last_failure(&self) -> Option<String> {
@@ -137,13 +150,16 @@ impl Backend {
         s.draining = true;
         self.refresh_routable(&s);
         drop(s);
-        lock(&self.idle).clear();
+        self.close_idle();
     }
 
     /// Waits until nothing is in flight and no upgraded connection remains,
     /// or `limit` passes; then closes what is still upgraded. Returns the
     /// requests still in flight at the end (0 when drained early).
     pub(crate) async fn drain(&self, limit: Duration) -> usize {
+        // SeqCst with the count's decrement in `InFlight::drop`: either the
+        // dropper sees the flag and notifies, or this sees the new count.
+        self.watched.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.quiet.notified();
@@ -162,7 +178,22 @@ impl Backend {
         if let Some(h) = lock(&self.checker).take() {
             h.abort();
         }
-        lock(&self.idle).clear();
+        self.close_idle();
+    }
+
+    /// A new connection to the task, without Nagle's delay.
+    async fn connect(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<tokio::net::TcpStream, std::io::Error> {
+        let stream =
+            tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 
     /// An idle connection ready for a request, or a new one.
@@ -177,13 +208,7 @@ impl Backend {
                 return Ok(idle.swap_remove(i));
             }
         }
-        let stream =
-            tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(self.addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                })??;
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect(connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -207,6 +232,54 @@ impl Backend {
         }
     }
 
+    /// A fast-path connection: an idle one (the most recent, so idle ones
+    /// age out at the task's keep-alive timeout), or a new one. With
+    /// `probe`, an idle connection is first checked for a close the task
+    /// sent while it sat in the pool, for a request that cannot be sent
+    /// twice. The flag says whether the connection was reused.
+    pub(crate) async fn checkout_raw(
+        &self,
+        connect_timeout: Duration,
+        probe: bool,
+    ) -> Result<(Upstream, bool), std::io::Error> {
+        loop {
+            let Some(up) = lock(&self.raw_idle).pop() else {
+                break;
+            };
+            if !probe {
+                return Ok((up, true));
+            }
+            match up.stream.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((up, true)),
+                _ => continue, // closed, or unexpected bytes: not usable
+            }
+        }
+        let stream = self.connect(connect_timeout).await?;
+        Ok((
+            Upstream {
+                stream,
+                buf: bytes::BytesMut::with_capacity(UPSTREAM_BUF),
+            },
+            false,
+        ))
+    }
+
+    /// Returns a fast-path connection to the pool unless the backend is
+    /// draining or ejected.
+    pub(crate) fn checkin_raw(&self, mut up: Upstream) {
+        if !self.routable() || !up.buf.is_empty() {
+            return;
+        }
+        if up.buf.capacity() > 2 * UPSTREAM_BUF {
+            // Grown for a large body: idle connections keep the small size.
+            up.buf = bytes::BytesMut::with_capacity(UPSTREAM_BUF);
+        }
+        let mut idle = lock(&self.raw_idle);
+        if idle.len() < MAX_IDLE {
+            idle.push(up);
+        }
+    }
+
     pub(crate) fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(Arc::clone(self))
@@ -218,13 +291,24 @@ impl Backend {
     }
 }
 
+/// Read buffer of a fast-path connection to a task.
+pub(crate) const UPSTREAM_BUF: usize = 16 * 1024;
+
+/// A fast-path connection to a task, with what was read but not yet used.
+pub(crate) struct Upstream {
+    pub stream: tokio::net::TcpStream,
+    pub buf: bytes::BytesMut,
+}
+
 /// Counts one in-flight request until dropped.
 pub(crate) struct InFlight(Arc<Backend>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.quiet.notify_waiters();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.0.watched.load(Ordering::SeqCst) {
+            self.0.quiet.notify_waiters();
+        }
     }
 }
 
@@ -233,7 +317,9 @@ pub(crate) struct Upgraded(Arc<Backend>);
 
 impl Drop for Upgraded {
     fn drop(&mut self) {
-        self.0.upgraded.fetch_sub(1, Ordering::AcqRel);
-        self.0.quiet.notify_waiters();
+        self.0.upgraded.fetch_sub(1, Ordering::SeqCst);
+        if self.0.watched.load(Ordering::SeqCst) {
+            self.0.quiet.notify_waiters();
+        }
     }
 }

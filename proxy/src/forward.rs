@@ -38,6 +38,7 @@ const HOP_BY_HOP: [&str; 8] = [
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
     pub peer: SocketAddr,
+    /// The listener's address (its port is what the client reached).
     pub local: SocketAddr,
 }
 
@@ -147,18 +148,7 @@ fn request_host(req: &Request<Incoming>) -> std::borrow::Cow<'_, str> {
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().host())
         .unwrap_or("");
-    let without_port = if raw.starts_with('[') {
-        // An IPv6 literal keeps its brackets.
-        raw.find(']').map_or(raw, |end| &raw[..=end])
-    } else {
-        raw.split(':').next().unwrap_or("")
-    };
-    // Borrowed unless it needs lower-casing: no allocation per request.
-    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(without_port.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(without_port)
-    }
+    crate::h1::host_key(raw)
 }
 
 fn idempotent(m: &hyper::Method) -> bool {

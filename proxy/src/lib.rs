@@ -6,7 +6,9 @@
 //! stopped.
 //!
 //! ```text
-//!  listeners (server.rs) ──► forward.rs: route table lookup (route.rs)
+//!  listeners (server.rs) ──► fast.rs + h1.rs: the common request as bytes
+//!        │                      │ (anything else: hyper's server + forward.rs)
+//!        │                      │ route table lookup (route.rs)
 //!        │                      │ pick a routable backend (least outstanding)
 //!        │                      ▼
 //!        │                 backend.rs: pooled keep-alive connection,
@@ -21,7 +23,9 @@
 //! before stopping a task calls [`Proxy::drain`].
 
 mod backend;
+mod fast;
 mod forward;
+mod h1;
 mod health;
 mod route;
 mod server;

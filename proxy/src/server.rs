@@ -125,6 +125,9 @@ async fn accept_loop(
 ) {
     let signaled = shutdown.clone().signaled();
     tokio::pin!(signaled);
+    // Only the port of the address a client reached is used (for
+    // `X-Forwarded-Port`): the listener's, without a system call per client.
+    let listening = listener.local_addr().ok();
     loop {
         let permit = tokio::select! {
             release = &mut signaled => {
@@ -162,7 +165,7 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
+        let local = listening.unwrap_or(peer);
         let client = ClientInfo { peer, local };
         let open = Open::new(&inner);
         let inner = Arc::clone(&inner);
@@ -172,62 +175,78 @@ async fn accept_loop(
             let _permit = permit;
             let _slot = slot;
             let _open = open;
-            let settings = inner.settings.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let inner = Arc::clone(&inner);
-                let closing = closing.load(Ordering::Acquire);
-                async move {
-                    let mut resp = forward::handle(inner, client, req).await;
-                    if closing {
-                        // Shutting down: this answer ends the connection,
-                        // so the client reconnects (to the next agent)
-                        // instead of racing a close on an idle socket.
-                        resp.headers_mut().insert(
-                            hyper::header::CONNECTION,
-                            hyper::header::HeaderValue::from_static("close"),
-                        );
-                    }
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(settings.idle_timeout)
-                .max_buf_size(settings.max_header_bytes.max(8192))
-                // A client that shuts its write side after sending its
-                // request (HTTP/1.0 tools, `nc -N`) still gets its answer.
-                .half_close(true)
-                .keep_alive(true);
-            // hyper's default is 100 on the stack; any other count moves
-            // header parsing to the heap, so only set it when asked.
-            if settings.max_headers != 100 {
-                builder.max_headers(settings.max_headers);
-            }
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            // Held until this connection is done: shutdown waits for it.
-            let signaled = watch.signaled();
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(cause = %e, %peer, "client connection ended with an error");
-                    }
-                }
-                release = signaled => {
-                    // First let busy clients get one more answer with
-                    // `Connection: close`; then close what is still idle.
-                    let linger = settings.shutdown_grace.min(CLOSE_LINGER);
-                    if tokio::time::timeout(linger, conn.as_mut()).await.is_err() {
-                        conn.as_mut().graceful_shutdown();
-                        let rest = settings.shutdown_grace.saturating_sub(linger);
-                        let _ = tokio::time::timeout(rest, conn).await;
-                    }
-                    drop(release);
-                }
-            }
+            crate::fast::serve(inner, stream, client, closing, watch).await;
         });
+    }
+}
+
+/// Serves a client connection with hyper's HTTP/1.1 server and forward.rs:
+/// everything the fast path (fast.rs) hands over, with the bytes it had
+/// already read in front.
+pub(crate) async fn serve_hyper<I>(
+    inner: Arc<Inner>,
+    io: I,
+    client: ClientInfo,
+    closing: Arc<AtomicBool>,
+    watch: drain::Watch,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = client.peer;
+    let settings = inner.settings.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let inner = Arc::clone(&inner);
+        let closing = closing.load(Ordering::Acquire);
+        async move {
+            let mut resp = forward::handle(inner, client, req).await;
+            if closing {
+                // Shutting down: this answer ends the connection,
+                // so the client reconnects (to the next agent)
+                // instead of racing a close on an idle socket.
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.idle_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        // A client that shuts its write side after sending its
+        // request (HTTP/1.0 tools, `nc -N`) still gets its answer.
+        .half_close(true)
+        .keep_alive(true);
+    // hyper's default is 100 on the stack; any other count moves
+    // header parsing to the heap, so only set it when asked.
+    if settings.max_headers != 100 {
+        builder.max_headers(settings.max_headers);
+    }
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    // Held until this connection is done: shutdown waits for it.
+    let signaled = watch.signaled();
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(cause = %e, %peer, "client connection ended with an error");
+            }
+        }
+        release = signaled => {
+            // First let busy clients get one more answer with
+            // `Connection: close`; then close what is still idle.
+            let linger = settings.shutdown_grace.min(CLOSE_LINGER);
+            if tokio::time::timeout(linger, conn.as_mut()).await.is_err() {
+                conn.as_mut().graceful_shutdown();
+                let rest = settings.shutdown_grace.saturating_sub(linger);
+                let _ = tokio::time::timeout(rest, conn).await;
+            }
+            drop(release);
+        }
     }
 }

@@ -59,21 +59,26 @@ const MAX_HEADER_BYTES: usize = 4096;
 /// A proxy routing everything to one healthy backend.
 async fn proxy() -> (u16, Proxy, Seen) {
     let (backend, seen) = backend().await;
+    let settings = Settings {
+        max_header_bytes: MAX_HEADER_BYTES,
+        max_headers: 20,
+        ..Settings::default()
+    };
+    let (port, proxy) = serve_proxy(settings, backend, Duration::from_millis(200)).await;
+    (port, proxy, seen)
+}
+
+/// A proxy with `settings`, its one route to `backend` checked every
+/// `interval` and healthy, listening on a free port.
+async fn serve_proxy(settings: Settings, backend: SocketAddr, interval: Duration) -> (u16, Proxy) {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let proxy = Proxy::new(
-        Settings {
-            max_header_bytes: MAX_HEADER_BYTES,
-            max_headers: 20,
-            ..Settings::default()
-        },
-        tx,
-    );
+    let proxy = Proxy::new(settings, tx);
     proxy.set_routes(
         "svc",
         vec![RouteSpec {
             check: HealthCheck {
                 path: "/health".into(),
-                interval: Duration::from_millis(200),
+                interval,
                 healthy_threshold: 1,
                 ..HealthCheck::default()
             },
@@ -90,13 +95,13 @@ async fn proxy() -> (u16, Proxy, Seen) {
     assert_eq!(proxy.task_health("task-1"), Some(true));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
-    let (_signal, watch) = drain::channel();
+    let (signal, watch) = drain::channel();
     let p = proxy.clone();
     tokio::spawn(async move {
-        let _keep = _signal;
+        let _keep = signal;
         p.serve(vec![l], watch).await
     });
-    (port, proxy, seen)
+    (port, proxy)
 }
 
 /// Sends `bytes` on a new connection and reads until the peer closes (or
@@ -375,4 +380,168 @@ async fn the_host_health_check_answers_503_while_the_host_drains() {
     assert_eq!(status(&send(port, get).await), 200);
     // Answered by the proxy itself: no task saw it.
     assert_eq!(seen.lock().unwrap().len(), 0);
+}
+
+/// A backend written byte by byte, for the framings a hyper backend would
+/// never send: chunked with a trailer, a body ended by close, 103 before
+/// the answer, 204. It closes a keep-alive connection idle for `idle`, as
+/// tasks with short keep-alive timeouts do. Counts requests by method.
+async fn raw_backend(idle: Duration) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return, // idle too long, or closed
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < end + length {
+                        let mut chunk = [0u8; 4096];
+                        let n = s.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    buf.drain(..end + length);
+                    let mut words = head.split_whitespace();
+                    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    if target == "/health" {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                        continue;
+                    }
+                    log.lock().unwrap().push(format!("{method} {target}"));
+                    let answer: &[u8] = match target {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n",
+                        "/close" => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close",
+                        "/nocontent" => b"HTTP/1.1 204 No Content\r\n\r\n",
+                        "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                    };
+                    let answer = if method == "HEAD" {
+                        &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"[..]
+                    } else {
+                        answer
+                    };
+                    if s.write_all(answer).await.is_err() || target == "/close" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn proxy_to(backend: SocketAddr) -> u16 {
+    serve_proxy(Settings::default(), backend, Duration::from_secs(5))
+        .await
+        .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_framing_passes_through_as_sent() {
+    let (backend, _) = raw_backend(Duration::from_secs(5)).await;
+    let port = proxy_to(backend).await;
+    let get = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes()
+    };
+
+    let a = send(port, get("/chunked")).await;
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(a.contains("Transfer-Encoding: chunked\r\n"), "{a}");
+    assert!(
+        a.ends_with("5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n"),
+        "{a}"
+    );
+
+    let a = send(port, get("/close")).await;
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(
+        a.contains("Connection: close\r\n") && a.ends_with("\r\n\r\nuntil close"),
+        "{a}"
+    );
+
+    let a = send(port, get("/nocontent")).await;
+    assert_eq!(status(&a), 204, "{a}");
+
+    let a = send(port, get("/early")).await;
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(a.ends_with("final"), "{a}");
+
+    let a = send(
+        port,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(
+        a.contains("Content-Length: 2\r\n") && a.ends_with("\r\n\r\n"),
+        "{a}"
+    );
+
+    // Pipelined on one connection: each answer keeps its framing.
+    let a = send(
+        port,
+        b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\nGET /nocontent HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    let statuses: Vec<&str> = a.matches("HTTP/1.1 ").map(|_| "").collect();
+    assert_eq!(statuses.len(), 3, "{a}");
+    assert!(
+        a.contains("HTTP/1.1 204") && a.ends_with("\r\n\r\nok"),
+        "{a}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_task_closed_fail_no_request_and_repeat_none() {
+    // The task closes connections idle for 50 ms; requests come every
+    // 150 ms, so every pooled connection is stale when it is next used.
+    let (backend, seen) = raw_backend(Duration::from_millis(50)).await;
+    let port = proxy_to(backend).await;
+    let mut failures = Vec::new();
+    for i in 0..20 {
+        let req = if i % 2 == 0 {
+            format!("GET /get{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        } else {
+            format!("POST /post{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+        };
+        let a = send(port, req.into_bytes()).await;
+        if status(&a) != 200 {
+            failures.push(format!("request {i}: {:?}", a.lines().next()));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        20,
+        "each request reached the task once: {seen:?}"
+    );
 }

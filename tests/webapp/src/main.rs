@@ -242,6 +242,16 @@ fn respond(method: &str, target: &str, state: &State) -> (&'static str, String) 
             std::thread::sleep(Duration::from_millis(ms));
             ("200 OK", format!("slept {ms} ms\n"))
         }
+        ("GET", "/bytes") => {
+            // A body of n bytes (at most 1 MiB), for throughput benchmarks.
+            let n = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("n="))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(1024)
+                .min(1 << 20);
+            ("200 OK", "x".repeat(n))
+        }
         ("GET", p) if p.starts_with("/env/") => {
             let value = std::env::var(&p[5..]).unwrap_or_default();
             ("200 OK", format!("{value}\n"))
