@@ -474,3 +474,55 @@ async fn an_agent_with_a_wrong_key_says_so_and_keeps_trying() {
     let v = ctl.aws(&["list-container-instances", "--cluster", CLUSTER]);
     assert_eq!(v["containerInstanceArns"], json!([]));
 }
+
+/// A managed host running 10 tasks of a service behind its proxy: every
+/// task serves, and the agent's memory is printed for the note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_tasks_on_one_managed_host() {
+    let ctl = ControlProc::start("cluster-ten", CLUSTER, FAST);
+    ctl.aws(&["create-cluster", "--cluster-name", CLUSTER]);
+    let h = host(&ctl, "cluster-ten", 1, None);
+    until(20, "the instance to connect", || {
+        let v = ctl.aws(&["list-container-instances", "--cluster", CLUSTER]);
+        v["containerInstanceArns"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    let rss_idle = support::rss_kib(h.pid());
+    let rev = register(&ctl, "ten-tasks", &h.id, &[], 16);
+    ctl.aws(&[
+        "create-service",
+        "--cluster",
+        CLUSTER,
+        "--service-name",
+        "ten",
+        "--task-definition",
+        "ten-tasks",
+        "--desired-count",
+        "10",
+        "--load-balancers",
+        "loadBalancerName=ten-elb,containerName=hello-world-container,containerPort=5000",
+    ]);
+    wait_service(&ctl, "ten", 120, "10 tasks running", |s| {
+        settled(s, &rev, 10)
+    })
+    .await;
+    assert_eq!(running_tasks(&h, "ten-tasks"), 10);
+    // Each of the 10 answers through the proxy (round robin over the healthy).
+    until(30, "the proxy to serve", || {
+        body_at(h.proxy) == "Hello world!"
+    })
+    .await;
+    let hosts: BTreeSet<String> = (0..60)
+        .filter_map(|_| {
+            http_get(h.proxy, "/env/HOSTNAME")
+                .ok()
+                .map(|(_, b)| b.trim().to_string())
+        })
+        .collect();
+    assert_eq!(hosts.len(), 10, "answers came from {hosts:?}");
+    let rss = support::rss_kib(h.pid());
+    eprintln!("FIGURE managed agent RSS: {rss_idle} KiB with no task, {rss} KiB with 10 tasks");
+    assert!(rss > 0);
+}

@@ -455,16 +455,6 @@ async fn an_agent_restart_under_socket_activation_fails_no_request() {
     assert_ne!(first_pid, second_pid);
 }
 
-/// The agent's resident memory, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_upload_streams_through_without_growing_memory() {
     use std::io::{Read, Write};
@@ -472,7 +462,7 @@ async fn a_large_upload_streams_through_without_growing_memory() {
     agent.start();
     agent.write_service(routed_service("sink", 1, &[], 1));
     healthy_count(&agent, "sink", 1).await;
-    let before = rss_kib(agent.pid());
+    let before = support::rss_kib(agent.pid());
 
     const SIZE: u64 = 1 << 30; // 1 GiB
     let port = agent.proxy;
@@ -486,7 +476,7 @@ async fn a_large_upload_streams_through_without_growing_memory() {
         for i in 0..(SIZE >> 20) {
             s.write_all(&chunk).unwrap();
             if i % 64 == 0 {
-                peak = peak.max(rss_kib(pid));
+                peak = peak.max(support::rss_kib(pid));
             }
         }
         let mut answer = String::new();

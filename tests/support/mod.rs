@@ -710,3 +710,13 @@ pub fn raw_post(port: u16, path: &str) -> (u16, String) {
     );
     split_response(&raw(port, req.as_bytes(), Duration::from_secs(5)).unwrap_or_default())
 }
+
+/// A process's resident memory, KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
