@@ -12,6 +12,8 @@
 # scheduler after kill -9 of the leader. Everything runs on this machine.
 #
 #   bench/control.sh [AGENTS [TASKS [MODES]]]   (default 1000 10000 "sqlite postgres replicas")
+#   env CTL_LOG=debug KEEP_LOGS=DIR: the control processes' logs (each
+#   scheduling pass with its load/plan/write times) copied to DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "--- $*" >&2; }
@@ -70,7 +72,7 @@ start_control() {
 DOCKHAND_CONTROL_LISTEN=127.0.0.1:$port
 DOCKHAND_CONTROL_DATADIR=$work/$name-data
 DOCKHAND_CONTROL_CREDENTIALS=$work/credentials
-DOCKHAND_CONTROL_LOG_LEVEL=warn
+DOCKHAND_CONTROL_LOG_LEVEL=${CTL_LOG:-warn}
 CONF
   [ -z "$db" ] || echo "DOCKHAND_CONTROL_DATABASE=$db" >>"$work/$name.conf"
   # Its stdout is not the pipe of the caller's $(...), which would wait for it.
