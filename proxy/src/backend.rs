@@ -297,8 +297,9 @@ impl Backend {
     }
 }
 
-/// Read buffer of a fast-path connection to a task.
-pub(crate) const UPSTREAM_BUF: usize = 16 * 1024;
+/// Read buffer of a fast-path connection to a task: enough for a response head and a small body; a large body's reads grow
+/// it (fast.rs) and it shrinks back when the connection returns idle.
+pub(crate) const UPSTREAM_BUF: usize = 4 * 1024;
 
 /// A fast-path connection to a task, with what was read but not yet used.
 pub(crate) struct Upstream {

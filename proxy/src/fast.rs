@@ -30,7 +30,11 @@ use tokio::time::{Instant, Sleep};
 const MAX_READ: usize = 64 * 1024;
 
 /// Client read buffer: grows to the head limit only for large heads.
-const CLIENT_BUF: usize = 8 * 1024;
+const CLIENT_BUF: usize = 4 * 1024;
+
+/// The rewritten request and the answer's head start this small (a
+/// thousand idle keep-alive clients cost little) and grow when needed.
+const HEAD_BUF: usize = 1024;
 
 /// On shutdown, how long an idle keep-alive connection may take to send
 /// one more request (answered with `Connection: close`).
@@ -108,8 +112,8 @@ async fn run(
     };
     let idle = inner.settings.idle_timeout;
     let mut cbuf = BytesMut::with_capacity(CLIENT_BUF);
-    let mut request = Vec::with_capacity(CLIENT_BUF);
-    let mut answer = Vec::with_capacity(CLIENT_BUF);
+    let mut request = Vec::with_capacity(HEAD_BUF);
+    let mut answer = Vec::with_capacity(HEAD_BUF);
     let mut deadline = Deadline::new(Instant::now() + idle);
     let signaled = watch.clone().signaled();
     tokio::pin!(signaled);
