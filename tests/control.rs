@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::control::ControlProc;
 use support::postgres::Postgres;
@@ -82,25 +82,6 @@ fn running(agents: &[SimAgent]) -> BTreeMap<String, usize> {
         }
     }
     m
-}
-
-fn count(agents: &[SimAgent], td: &str) -> usize {
-    running(agents).get(td).copied().unwrap_or(0)
-}
-
-fn task_arns(agents: &[SimAgent]) -> BTreeSet<String> {
-    agents
-        .iter()
-        .flat_map(|a| {
-            a.state
-                .lock()
-                .unwrap()
-                .tasks
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 async fn join(c: &ControlProc, id: &str) -> SimAgent {
@@ -214,7 +195,7 @@ async fn walkthrough(pg: Option<&Postgres>) {
     .await;
     assert_eq!(s["deployments"].as_array().unwrap().len(), 1);
     assert_eq!(s["deployments"][0]["rolloutState"], "COMPLETED");
-    assert_eq!(count(&agents, &rev1), 4);
+    assert_eq!(sim::count(&agents, &rev1), 4);
     let spread: Vec<usize> = agents.iter().map(SimAgent::task_count).collect();
     assert_eq!(
         spread.iter().filter(|n| **n == 1).count(),
@@ -225,7 +206,7 @@ async fn walkthrough(pg: Option<&Postgres>) {
     // kill -9 of the control endpoint loses nothing and restarts nothing,
     // even when it stays down longer than the instances' grace (8 s): its
     // own outage is not held against the hosts.
-    let before = task_arns(&agents);
+    let before = sim::task_arns(&agents);
     c.kill9();
     tokio::time::sleep(Duration::from_secs(10)).await;
     c.spawn();
@@ -236,7 +217,7 @@ async fn walkthrough(pg: Option<&Postgres>) {
         (json!(4), json!("ACTIVE"))
     );
     assert_eq!(
-        task_arns(&agents),
+        sim::task_arns(&agents),
         before,
         "no task restarted or added across the restart"
     );
@@ -260,7 +241,7 @@ async fn walkthrough(pg: Option<&Postgres>) {
     ]);
     let started = Instant::now();
     let (mut low, mut high) = (usize::MAX, 0);
-    while count(&agents, &rev2) < 4 || count(&agents, &rev1) > 0 {
+    while sim::count(&agents, &rev2) < 4 || sim::count(&agents, &rev1) > 0 {
         let total: usize = running(&agents).values().sum();
         low = low.min(total);
         high = high.max(total);
@@ -320,12 +301,12 @@ async fn walkthrough(pg: Option<&Postgres>) {
         events(&s)
     );
     assert_eq!(
-        count(&agents, &rev2),
+        sim::count(&agents, &rev2),
         4,
         "revision 2 kept serving: {:?}",
         running(&agents)
     );
-    assert_eq!(count(&agents, &rev3), 0);
+    assert_eq!(sim::count(&agents, &rev3), 0);
 
     // DRAINING moves the tasks off an instance.
     let drained = agents.iter().position(|a| a.task_count() > 0).unwrap();
@@ -343,7 +324,7 @@ async fn walkthrough(pg: Option<&Postgres>) {
     sim::until(
         Duration::from_secs(20),
         "the draining instance to be empty",
-        || agents[drained].task_count() == 0 && count(&agents, &rev2) == 4,
+        || agents[drained].task_count() == 0 && sim::count(&agents, &rev2) == 4,
     )
     .await;
 
@@ -362,14 +343,14 @@ async fn walkthrough(pg: Option<&Postgres>) {
         "DAEMON",
     ]);
     sim::until(Duration::from_secs(20), "4 daemon tasks", || {
-        count(&agents, &daemon_td) == 4
+        sim::count(&agents, &daemon_td) == 4
     })
     .await;
     agents.push(join(&c, "i-00000000000000006").await);
     sim::until(
         Duration::from_secs(20),
         "a daemon task on the sixth instance",
-        || count(&agents, &daemon_td) == 5 && agents[5].running().get(&daemon_td) == Some(&1),
+        || sim::count(&agents, &daemon_td) == 5 && agents[5].running().get(&daemon_td) == Some(&1),
     )
     .await;
     assert_eq!(
@@ -390,14 +371,14 @@ async fn walkthrough(pg: Option<&Postgres>) {
     drop(dead);
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
-        count(&agents, &rev2),
+        sim::count(&agents, &rev2),
         4 - lost_tasks,
         "not replaced within the grace"
     );
     sim::until(
         Duration::from_secs(30),
         "the lost instance's tasks replaced",
-        || count(&agents, &rev2) == 4,
+        || sim::count(&agents, &rev2) == 4,
     )
     .await;
     // The grace (8 s) runs from the instance's last poll, at most one poll

@@ -7,7 +7,6 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use support::control::ControlProc;
 use support::postgres::Postgres;
@@ -81,13 +80,6 @@ fn container_definitions(image: &str, test_id: &str, env: &[(&str, &str)]) -> St
         "dockerLabels": {"dockhand-test": test_id},
     }])
     .to_string()
-}
-
-fn total(agents: &[SimAgent], td: &str) -> usize {
-    agents
-        .iter()
-        .map(|a| a.running().get(td).copied().unwrap_or(0))
-        .sum()
 }
 
 fn settled(s: &Value, td: &str, n: u64) -> bool {
@@ -286,7 +278,7 @@ async fn the_scheduling_replica_dies_mid_deployment_and_another_finishes_it() {
         "maximumPercent=110,minimumHealthyPercent=100",
     ]);
     sim::until(Duration::from_secs(30), "the deployment under way", || {
-        let n = total(&sims, &rev2);
+        let n = sim::count(&sims, &rev2);
         (10..80).contains(&n)
     })
     .await;
@@ -321,21 +313,10 @@ async fn the_scheduling_replica_dies_mid_deployment_and_another_finishes_it() {
     sim::until(
         Duration::from_secs(10),
         "100 tasks of revision 2 on the hosts",
-        || total(&sims, &rev2) == 100 && total(&sims, &rev1) == 0,
+        || sim::count(&sims, &rev2) == 100 && sim::count(&sims, &rev1) == 0,
     )
     .await;
-    let arns: BTreeSet<String> = sims
-        .iter()
-        .flat_map(|a| {
-            a.state
-                .lock()
-                .unwrap()
-                .tasks
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let arns = sim::task_arns(&sims);
     assert_eq!(arns.len(), 100, "no task duplicated across hosts");
     let listed = r[other].aws(&[
         "list-tasks",
@@ -379,18 +360,7 @@ async fn postgresql_restarted_under_the_replicas() {
         settled(s, &td, 3)
     })
     .await;
-    let before: BTreeSet<String> = sims
-        .iter()
-        .flat_map(|a| {
-            a.state
-                .lock()
-                .unwrap()
-                .tasks
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let before = sim::task_arns(&sims);
 
     pg.stop();
     for c in &r {
@@ -401,18 +371,7 @@ async fn postgresql_restarted_under_the_replicas() {
     }
     // The hosts keep their tasks meanwhile.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let during: BTreeSet<String> = sims
-        .iter()
-        .flat_map(|a| {
-            a.state
-                .lock()
-                .unwrap()
-                .tasks
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let during = sim::task_arns(&sims);
     assert_eq!(during, before);
 
     pg.resume();
@@ -449,20 +408,9 @@ async fn postgresql_restarted_under_the_replicas() {
     )
     .await;
     sim::until(Duration::from_secs(10), "6 tasks on the hosts", || {
-        total(&sims, &td) == 6
+        sim::count(&sims, &td) == 6
     })
     .await;
-    let after: BTreeSet<String> = sims
-        .iter()
-        .flat_map(|a| {
-            a.state
-                .lock()
-                .unwrap()
-                .tasks
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let after = sim::task_arns(&sims);
     assert!(before.is_subset(&after), "no task lost across the restart");
 }

@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -580,6 +580,30 @@ async fn reporter(
 }
 
 /// Waits until `f` holds, polling every 50 ms, at most `timeout`.
+/// Every task on `agents`, by ARN.
+pub fn task_arns(agents: &[SimAgent]) -> BTreeSet<String> {
+    agents
+        .iter()
+        .flat_map(|a| {
+            a.state
+                .lock()
+                .unwrap()
+                .tasks
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Tasks of task definition `td` running on `agents`.
+pub fn count(agents: &[SimAgent], td: &str) -> usize {
+    agents
+        .iter()
+        .map(|a| a.running().get(td).copied().unwrap_or(0))
+        .sum()
+}
+
 pub async fn until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
