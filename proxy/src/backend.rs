@@ -22,9 +22,10 @@ use tokio::sync::{watch, Notify};
 const MAX_IDLE: usize = 512;
 
 /// Idle fast-path connections kept per backend. A client load of N
-/// concurrent requests keeps N connections busy; closing those above the
-/// cap would make the task accept a new connection for every such request
-/// (the c1000 rows of bench/proxy.sh had a 2.8x p99 with 512).
+/// concurrent requests keeps N connections busy; those above the cap are
+/// closed when returned, so the task accepts a new connection for each such
+/// request. (Raising it from 512 did not change the c1000 p99 of
+/// bench/proxy.sh; the runtime's queue interval did, see src/main.rs.)
 const MAX_RAW_IDLE: usize = 2048;
 
 pub(crate) struct Backend {

@@ -137,30 +137,27 @@ async fn ec2_metadata() -> Result<(String, Vec<(String, String)>), String> {
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| e.to_string())?;
-    let token = http
-        .put(format!("{IMDS}/api/token"))
-        .header("x-aws-ec2-metadata-token-ttl-seconds", "300")
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| e.to_string())?
-        .text()
-        .await
-        .map_err(|e| e.to_string())?;
+    /// The body of a successful answer, or why there is none.
+    async fn body(req: reqwest::RequestBuilder) -> Result<String, String> {
+        let resp = req
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status);
+        resp.map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())
+    }
+    let token = body(
+        http.put(format!("{IMDS}/api/token"))
+            .header("x-aws-ec2-metadata-token-ttl-seconds", "300"),
+    )
+    .await?;
     let get = |path: &'static str| {
-        let http = http.clone();
-        let token = token.clone();
-        async move {
+        body(
             http.get(format!("{IMDS}/meta-data/{path}"))
-                .header("x-aws-ec2-metadata-token", token)
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .map_err(|e| e.to_string())?
-                .text()
-                .await
-                .map_err(|e| e.to_string())
-        }
+                .header("x-aws-ec2-metadata-token", token.as_str()),
+        )
     };
     let id = get("instance-id").await?;
     let mut attrs = Vec::new();
