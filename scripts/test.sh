@@ -28,8 +28,10 @@ ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$missing postgre
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing="$missing faketime"
 command -v prlimit >/dev/null 2>&1 || missing="$missing util-linux"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
 if [ -n "$missing" ]; then
-  log "installing$missing (socket activation, registry pull tests)"
+  log "installing$missing (socket activation, registry pull and TLS tests)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 if ! command -v aws >/dev/null 2>&1; then

@@ -341,9 +341,11 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e}");
                     match e {
-                        // A CA file that cannot be read is a config error:
-                        // exit 78 so systemd does not retry in a loop.
-                        dockhand_agent::AgentError::ControlClient(_) => ExitCode::from(EXIT_CONFIG),
+                        // A CA file or certificate that cannot be read is a
+                        // config error: exit 78 so systemd does not retry in
+                        // a loop.
+                        dockhand_agent::AgentError::ControlClient(_)
+                        | dockhand_agent::AgentError::Tls(_) => ExitCode::from(EXIT_CONFIG),
                         _ => ExitCode::FAILURE,
                     }
                 }

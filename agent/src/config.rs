@@ -108,6 +108,11 @@ pub struct Config {
     pub instance_attributes: BTreeMap<String, String>,
     pub services_dir: PathBuf,
     pub proxy_listen: Vec<SocketAddr>,
+    /// The proxy's TLS listeners (none by default).
+    pub proxy_tls_listen: Vec<SocketAddr>,
+    /// The default certificate chain and key (PEM) of the TLS listeners.
+    pub proxy_tls_cert: Option<PathBuf>,
+    pub proxy_tls_key: Option<PathBuf>,
     pub api_listen: SocketAddr,
     pub port_bind_address: IpAddr,
     pub log_format: LogFormat,
@@ -429,15 +434,7 @@ pub const KEYS: &[KeySpec<Config>] = &[
         default: "0.0.0.0:80",
         meaning: "comma-separated proxy listener addresses",
         apply: |c, v| {
-            c.proxy_listen = v
-                .split(',')
-                .map(|a| a.trim())
-                .filter(|a| !a.is_empty())
-                .map(|a| {
-                    a.parse()
-                        .map_err(|_| format!("expected IP:PORT addresses, got {a:?}"))
-                })
-                .collect::<Result<_, _>>()?;
+            c.proxy_listen = addr_list(v)?;
             Ok(())
         },
     },
@@ -548,7 +545,113 @@ pub const KEYS: &[KeySpec<Config>] = &[
             Ok(())
         },
     },
+    KeySpec {
+        name: "DOCKHAND_PROXY_TLS_LISTEN",
+        default: "",
+        meaning: "comma-separated TLS listener addresses of the proxy (e.g. 0.0.0.0:443); none by default",
+        apply: |c, v| {
+            c.proxy_tls_listen = addr_list(v)?;
+            if let Some(a) = c.proxy_tls_listen.first() {
+                c.proxy.https_port = a.port();
+            }
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_TLS_CERT",
+        default: "",
+        meaning: "TLS: the default certificate chain (PEM file), for names no route's certificate covers and clients sending no name; reloaded when it changes and on SIGHUP",
+        apply: |c, v| {
+            c.proxy_tls_cert = optional_path(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_TLS_KEY",
+        default: "",
+        meaning: "TLS: the default certificate's private key (PEM file: PKCS#8, PKCS#1 or SEC1)",
+        apply: |c, v| {
+            c.proxy_tls_key = optional_path(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_HTTP2",
+        default: "true",
+        meaning: "TLS listeners offer HTTP/2 (ALPN h2) as well as HTTP/1.1",
+        apply: |c, v| {
+            c.proxy.http2 = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_H2C",
+        default: "false",
+        meaning: "plain listeners also take prior-knowledge HTTP/2 (h2c), e.g. from a load balancer in front",
+        apply: |c, v| {
+            c.proxy.h2c = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_H2_MAX_STREAMS",
+        default: "100",
+        meaning: "HTTP/2: concurrent streams per client connection (1-10000)",
+        apply: |c, v| {
+            c.proxy.h2_max_streams = bounded(v, 1, 10_000)? as u32;
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_HEALTH_PATH",
+        default: "/dockhand/health",
+        meaning: "the host's health check on the proxy listeners, never routed to a task: 200 while the host serves, 503 from the moment it drains or shuts down",
+        apply: |c, v| {
+            dockhand_model::route::check_origin_form(v)?;
+            if v.contains('?') {
+                return Err("must not contain a query ('?')".into());
+            }
+            c.proxy.health_path = v.to_string();
+            Ok(())
+        },
+    },
+    KeySpec {
+        name: "DOCKHAND_PROXY_ACCESS_LOG",
+        default: "off",
+        meaning: "access log, one JSON object per request: off, stdout, or an absolute file path (appended; reopened on SIGHUP)",
+        apply: |c, v| {
+            c.proxy.access_log = match v {
+                "off" => dockhand_proxy::AccessLog::Off,
+                "stdout" => dockhand_proxy::AccessLog::Stdout,
+                p => dockhand_proxy::AccessLog::File(absolute_path(p).map_err(|e| {
+                    format!("expected off, stdout or an absolute path: {e}")
+                })?),
+            };
+            Ok(())
+        },
+    },
 ];
+
+/// Comma-separated `IP:PORT` addresses (empty: none).
+fn addr_list(v: &str) -> Result<Vec<SocketAddr>, String> {
+    v.split(',')
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .map_err(|_| format!("expected IP:PORT addresses, got {a:?}"))
+        })
+        .collect()
+}
+
+/// An absolute path, or none when empty.
+fn optional_path(v: &str) -> Result<Option<PathBuf>, String> {
+    if v.trim().is_empty() {
+        Ok(None)
+    } else {
+        absolute_path(v).map(Some)
+    }
+}
 
 /// How the agent reads `ecs.config` and its environment: `DOCKHAND_*` is
 /// Dockhand's (an unknown one is an error), `ECS_*` the ECS agent's (an
@@ -612,6 +715,9 @@ impl Config {
             instance_attributes: BTreeMap::new(),
             services_dir: PathBuf::new(),
             proxy_listen: Vec::new(),
+            proxy_tls_listen: Vec::new(),
+            proxy_tls_cert: None,
+            proxy_tls_key: None,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 51678)),
             port_bind_address: IpAddr::from([127, 0, 0, 1]),
             log_format: LogFormat::Text,
@@ -697,6 +803,29 @@ impl Config {
                 source: source_of("ECS_BACKEND_HOST"),
                 key: Some("ECS_BACKEND_HOST".into()),
                 why: "managed mode needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY too: an instance key, made with `dockhand control credentials new --role instance --cluster CLUSTER`".into(),
+            });
+        }
+        if self.proxy_tls_cert.is_some() != self.proxy_tls_key.is_some() {
+            let (set, missing) = if self.proxy_tls_cert.is_some() {
+                ("DOCKHAND_PROXY_TLS_CERT", "DOCKHAND_PROXY_TLS_KEY")
+            } else {
+                ("DOCKHAND_PROXY_TLS_KEY", "DOCKHAND_PROXY_TLS_CERT")
+            };
+            errors.push(ConfigError {
+                source: source_of(set),
+                key: Some(set.into()),
+                why: format!("needs {missing} too"),
+            });
+        }
+        if let Some(a) = self
+            .proxy_tls_listen
+            .iter()
+            .find(|a| self.proxy_listen.contains(a) || **a == self.api_listen)
+        {
+            errors.push(ConfigError {
+                source: source_of("DOCKHAND_PROXY_TLS_LISTEN"),
+                key: Some("DOCKHAND_PROXY_TLS_LISTEN".into()),
+                why: format!("{a} is also a plain proxy listener or the local API"),
             });
         }
         if self.proxy_listen.contains(&self.api_listen) {

@@ -64,6 +64,8 @@ pub enum AgentError {
         index: usize,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("the control endpoint client cannot be set up: {0}")]
     ControlClient(String),
 }
@@ -137,7 +139,23 @@ pub async fn run(
             source,
         })?;
     tracing::info!(addr = %cfg.api_listen, "local API listening");
-    let proxy_listeners = proxy_listeners(&cfg)?;
+    let (proxy_listeners, tls_listeners) = proxy_listeners(&cfg)?;
+    let certs = match (&cfg.proxy_tls_cert, &cfg.proxy_tls_key) {
+        (Some(cert), Some(key)) => Some(dockhand_proxy::CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    let certs = if tls_listeners.is_empty() && certs.is_none() {
+        None
+    } else {
+        // A default certificate that does not load stops the start here,
+        // naming the file; without one, only routes' names are served.
+        Some(Arc::new(
+            dockhand_proxy::Certs::new(certs).map_err(AgentError::Tls)?,
+        ))
+    };
 
     let status = Arc::new(RwLock::new(status::Snapshot {
         cluster: cfg.cluster.clone(),
@@ -148,7 +166,8 @@ pub async fn run(
     let control_status: Option<managed::SharedStatus> = client.as_ref().map(|_| Arc::default());
 
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
-    let proxy = dockhand_proxy::Proxy::new(cfg.proxy.clone(), health_tx);
+    let proxy = dockhand_proxy::Proxy::with_certs(cfg.proxy.clone(), health_tx, certs);
+    tokio::spawn(reload_on_sighup(proxy.clone()));
     tokio::spawn(api::serve(
         listener,
         api::ApiState {
@@ -172,7 +191,9 @@ pub async fn run(
                 // Shut down before serving: the watch is dropped here.
                 _ = watch.clone().signaled() => return,
             }
-            proxy.serve(proxy_listeners, watch).await;
+            if let Err(e) = proxy.serve(proxy_listeners, tls_listeners, watch).await {
+                tracing::error!(cause = %e, "the proxy cannot serve");
+            }
         });
     }
 
@@ -258,6 +279,9 @@ pub async fn run(
         let arn = arn_rx.borrow().clone();
         managed::drain(&cfg, client, control, arn, &proxy, &status).await;
     }
+    // From now on the host health check answers 503 and HTTP/2 clients
+    // get GOAWAY: a load balancer in front stops sending here.
+    proxy.set_draining(true);
     tracing::info!("shutting down; containers keep running");
     notify::stopping();
     // Every part stops taking work at once; the proxy's connections finish
@@ -271,13 +295,38 @@ pub async fn run(
     Ok(())
 }
 
-/// The proxy's listening sockets: those systemd passes (`LISTEN_FDS`, socket
-/// activation: the socket outlives agent restarts, so none refuses a
-/// connection), else `DOCKHAND_PROXY_LISTEN` bound here.
-fn proxy_listeners(cfg: &Config) -> Result<Vec<tokio::net::TcpListener>, AgentError> {
+/// SIGHUP: the proxy reads its certificate files again and reopens its
+/// access log file.
+async fn reload_on_sighup(proxy: dockhand_proxy::Proxy) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificates reload when their files change");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading certificates and reopening the access log");
+        let p = proxy.clone();
+        let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+    }
+}
+
+type Listeners = Vec<tokio::net::TcpListener>;
+
+/// The proxy's listening sockets, plain and TLS: those systemd passes
+/// (`LISTEN_FDS`, socket activation: the socket outlives agent restarts,
+/// so none refuses a connection; a socket named `tls` with
+/// `FileDescriptorName=` is a TLS listener), else `DOCKHAND_PROXY_LISTEN`
+/// and `DOCKHAND_PROXY_TLS_LISTEN` bound here.
+fn proxy_listeners(cfg: &Config) -> Result<(Listeners, Listeners), AgentError> {
     let mut fds = listenfd::ListenFd::from_env();
     let mut out = Vec::new();
+    let mut tls = Vec::new();
     if fds.len() > 0 {
+        let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+            .unwrap_or_default()
+            .split(':')
+            .map(str::to_string)
+            .collect();
         for i in 0..fds.len() {
             match fds.take_tcp_listener(i) {
                 Ok(Some(l)) => {
@@ -285,7 +334,11 @@ fn proxy_listeners(cfg: &Config) -> Result<Vec<tokio::net::TcpListener>, AgentEr
                         .set_nonblocking(true)
                         .and_then(|()| tokio::net::TcpListener::from_std(l))
                         .map_err(|source| AgentError::ActivatedSocket { index: i, source })?;
-                    out.push(l);
+                    if names.get(i).is_some_and(|n| n == "tls") {
+                        tls.push(l);
+                    } else {
+                        out.push(l);
+                    }
                 }
                 Ok(None) => {}
                 Err(source) => return Err(AgentError::ActivatedSocket { index: i, source }),
@@ -293,21 +346,27 @@ fn proxy_listeners(cfg: &Config) -> Result<Vec<tokio::net::TcpListener>, AgentEr
         }
         tracing::info!(
             sockets = out.len(),
-            "proxy listeners from socket activation (DOCKHAND_PROXY_LISTEN not used)"
+            tls_sockets = tls.len(),
+            "proxy listeners from socket activation (DOCKHAND_PROXY_LISTEN and DOCKHAND_PROXY_TLS_LISTEN not used)"
         );
-        return Ok(out);
+        return Ok((out, tls));
     }
-    for addr in &cfg.proxy_listen {
-        let l = std::net::TcpListener::bind(addr)
+    let bind = |addr: &std::net::SocketAddr| {
+        std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(tokio::net::TcpListener::from_std)
             .map_err(|source| AgentError::BindProxy {
                 addr: *addr,
                 source,
-            })?;
-        out.push(l);
+            })
+    };
+    for addr in &cfg.proxy_listen {
+        out.push(bind(addr)?);
     }
-    Ok(out)
+    for addr in &cfg.proxy_tls_listen {
+        tls.push(bind(addr)?);
+    }
+    Ok((out, tls))
 }
 
 /// Connects to Docker, retrying with backoff until it answers or shutdown

@@ -83,6 +83,35 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Per route (`service`, `route`: the loadBalancers index): answers by
+/// status class and the latency histogram (request read to answer sent).
+fn route_metrics(o: &mut String, routes: &[dockhand_proxy::RouteMetrics]) {
+    const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let _ = writeln!(o, "# HELP dockhand_proxy_route_requests_total Answers per route by status class.\n# TYPE dockhand_proxy_route_requests_total counter");
+    for r in routes {
+        for (class, n) in CLASSES.iter().zip(r.by_class) {
+            let _ = writeln!(
+                o,
+                "dockhand_proxy_route_requests_total{{service=\"{}\",route=\"{}\",code=\"{class}\"}} {n}",
+                esc(&r.service),
+                r.index
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP dockhand_proxy_route_request_duration_seconds Time from a request read to its answer sent, per route.\n# TYPE dockhand_proxy_route_request_duration_seconds histogram");
+    for r in routes {
+        let labels = format!("service=\"{}\",route=\"{}\"", esc(&r.service), r.index);
+        for (le, n) in dockhand_proxy::LATENCY_BUCKETS.iter().zip(r.latency) {
+            let _ = writeln!(
+                o,
+                "dockhand_proxy_route_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}"
+            );
+        }
+        let count = r.latency[dockhand_proxy::LATENCY_BUCKETS.len()];
+        let _ = writeln!(o, "dockhand_proxy_route_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}\ndockhand_proxy_route_request_duration_seconds_sum{{{labels}}} {}\ndockhand_proxy_route_request_duration_seconds_count{{{labels}}} {count}", r.latency_sum_seconds);
+    }
+}
+
 /// The Prometheus text exposition (version 0.0.4), with the proxy's live
 /// counts.
 pub fn render(s: &Snapshot, proxy: &dockhand_proxy::Proxy) -> String {
@@ -107,6 +136,8 @@ pub fn render(s: &Snapshot, proxy: &dockhand_proxy::Proxy) -> String {
     }
     let _ = writeln!(o, "# HELP dockhand_proxy_connections Client connections open on the proxy.\n# TYPE dockhand_proxy_connections gauge\ndockhand_proxy_connections {}", proxy.open_connections());
     let _ = writeln!(o, "# HELP dockhand_proxy_connections_rejected_total Client connections closed at once because their address had DOCKHAND_PROXY_MAX_CONNECTIONS_PER_CLIENT open.\n# TYPE dockhand_proxy_connections_rejected_total counter\ndockhand_proxy_connections_rejected_total {}", proxy.rejected_connections());
+    let _ = writeln!(o, "# HELP dockhand_proxy_access_log_dropped_total Access log lines lost because the writer fell behind.\n# TYPE dockhand_proxy_access_log_dropped_total counter\ndockhand_proxy_access_log_dropped_total {}", proxy.access_log_dropped());
+    route_metrics(&mut o, &proxy.route_metrics());
     let mut by_state: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
     for t in &s.tasks {
         *by_state.entry((t.service.as_str(), t.known)).or_default() += 1;

@@ -49,6 +49,14 @@ pub fn route_spec(r: &RouteSettings) -> RouteSpec {
             matcher: Matcher::from_ranges(h.matcher.0.clone()),
         },
         deregistration_delay: r.deregistration_delay,
+        tls: r
+            .certificate
+            .as_ref()
+            .map(|(cert, key)| dockhand_proxy::CertFiles {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+        redirect_https: r.redirect_https,
         algorithm: match r.algorithm {
             Algorithm::LeastOutstanding => dockhand_proxy::Algorithm::LeastOutstanding,
             Algorithm::RoundRobin => dockhand_proxy::Algorithm::RoundRobin,

@@ -147,7 +147,7 @@ pub fn proxy(time: Duration, seed: u64) -> Outcome {
         let port = l.local_addr().expect("proxy address").port();
         let (signal, watch) = drain::channel();
         let p = proxy.clone();
-        let server = tokio::spawn(async move { p.serve(vec![l], watch).await });
+        let server = tokio::spawn(async move { p.serve(vec![l], Vec::new(), watch).await });
         drive(
             port,
             corpus::http_requests(),

@@ -37,6 +37,10 @@ pub struct RouteSettings {
     pub algorithm: Algorithm,
     /// No traffic before this long after a task is registered.
     pub grace: Duration,
+    /// (certificate chain, private key) PEM files for `hosts` over TLS.
+    pub certificate: Option<(String, String)>,
+    /// Plain HTTP gets a permanent redirect to HTTPS.
+    pub redirect_https: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

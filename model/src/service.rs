@@ -96,6 +96,23 @@ pub struct LoadBalancer {
     /// (the default) or `round_robin`.
     #[serde(default)]
     pub load_balancing_algorithm: Option<String>,
+    /// HTTPS for this route's hosts on the proxy's TLS listeners.
+    #[serde(default)]
+    pub tls: Option<RouteTls>,
+}
+
+/// A route's HTTPS: its certificate (PEM files on the host, picked by SNI
+/// for the route's `hosts`; else the proxy's default certificate serves),
+/// and whether plain HTTP is redirected to HTTPS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteTls {
+    #[serde(default)]
+    pub certificate_file: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub redirect_http: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -170,6 +187,10 @@ impl LoadBalancer {
                 .and_then(Algorithm::parse)
                 .unwrap_or_default(),
             grace: Duration::from_secs(grace_seconds.clamp(0, MAX_GRACE_PERIOD_SECONDS) as u64),
+            certificate: self.tls.as_ref().and_then(|t| {
+                Some((t.certificate_file.clone()?, t.key_file.clone()?))
+            }),
+            redirect_https: self.tls.as_ref().is_some_and(|t| t.redirect_http),
         }
     }
 
@@ -252,6 +273,29 @@ impl LoadBalancer {
                 }
             }
         }
+        if let Some(t) = &self.tls {
+            let tp = join(path, "tls");
+            match (&t.certificate_file, &t.key_file) {
+                (Some(_), None) => e.at(&tp, "keyFile", "required with certificateFile"),
+                (None, Some(_)) => e.at(&tp, "certificateFile", "required with keyFile"),
+                (Some(_), Some(_)) if self.hosts.is_empty() => e.at(
+                    path,
+                    "hosts",
+                    "a route with its own certificate must list the host names it serves (picked by SNI)",
+                ),
+                _ => {}
+            }
+            for (field, f) in [
+                ("certificateFile", &t.certificate_file),
+                ("keyFile", &t.key_file),
+            ] {
+                if let Some(f) = f {
+                    if !f.starts_with('/') || f.contains('\0') || f.len() > 4096 {
+                        e.at(&tp, field, format!("expected an absolute file path, got {f:?}"));
+                    }
+                }
+            }
+        }
         let (lo, hi) = route::DEREGISTRATION_DELAY_RANGE;
         if self
             .deregistration_delay_seconds
@@ -290,6 +334,9 @@ pub const LB_LABELS: &[&str] = &[
     "dockhand.lb.health-check.matcher",
     "dockhand.lb.deregistration-delay-seconds",
     "dockhand.lb.algorithm",
+    "dockhand.lb.tls.certificate-file",
+    "dockhand.lb.tls.key-file",
+    "dockhand.lb.tls.redirect-http",
 ];
 
 impl LoadBalancer {
@@ -310,8 +357,10 @@ impl LoadBalancer {
             health_check: None,
             deregistration_delay_seconds: None,
             load_balancing_algorithm: None,
+            tls: None,
         };
         let mut e = Errors::default();
+        let mut tls = RouteTls::default();
         if let Some((i, c)) = td
             .container_definitions
             .iter()
@@ -352,6 +401,13 @@ impl LoadBalancer {
                         int(&mut lb.deregistration_delay_seconds)
                     }
                     "dockhand.lb.algorithm" => lb.load_balancing_algorithm = Some(v.clone()),
+                    "dockhand.lb.tls.certificate-file" => tls.certificate_file = Some(v.clone()),
+                    "dockhand.lb.tls.key-file" => tls.key_file = Some(v.clone()),
+                    "dockhand.lb.tls.redirect-http" => match v.trim() {
+                        "true" => tls.redirect_http = true,
+                        "false" => tls.redirect_http = false,
+                        _ => e.at(&path, k, format!("expected true or false, got {v:?}")),
+                    },
                     _ => e.at(
                         &path,
                         k,
@@ -361,6 +417,9 @@ impl LoadBalancer {
             }
             if hc != TargetHealthCheck::default() {
                 lb.health_check = Some(hc);
+            }
+            if tls != RouteTls::default() {
+                lb.tls = Some(tls);
             }
         }
         lb.check("", td, &mut e);

@@ -22,8 +22,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+/// What a prior-knowledge HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A client connection: plain TCP, or TLS over it.
+pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Client for T {}
 
 /// The largest read of a response body: large bodies move in few system
 /// calls; the buffer shrinks back when its connection returns to the pool.
@@ -79,9 +85,9 @@ impl Deadline {
 
 /// Serves one client connection until it closes; on shutdown, in-flight
 /// work gets the grace period.
-pub(crate) async fn serve(
+pub(crate) async fn serve<S: Client>(
     inner: Arc<Inner>,
-    stream: TcpStream,
+    stream: S,
     client: ClientInfo,
     closing: Arc<AtomicBool>,
     watch: drain::Watch,
@@ -99,9 +105,9 @@ pub(crate) async fn serve(
     }
 }
 
-async fn run(
+async fn run<S: Client>(
     inner: Arc<Inner>,
-    mut stream: TcpStream,
+    mut stream: S,
     client: ClientInfo,
     closing: Arc<AtomicBool>,
     watch: drain::Watch,
@@ -109,7 +115,11 @@ async fn run(
     let limits = Limits {
         max_header_bytes: inner.settings.max_header_bytes,
         max_headers: inner.settings.max_headers,
+        health_path: &inner.settings.health_path,
+        https_port: inner.settings.https_port,
     };
+    // Prior-knowledge HTTP/2 is looked for before the first request only.
+    let mut h2c = inner.settings.h2c && !client.tls;
     let idle = inner.settings.idle_timeout;
     let mut cbuf = BytesMut::with_capacity(CLIENT_BUF);
     let mut request = Vec::with_capacity(HEAD_BUF);
@@ -120,7 +130,18 @@ async fn run(
     let mut release = None;
     loop {
         let prep = loop {
-            if !cbuf.is_empty() {
+            if h2c && !cbuf.is_empty() {
+                if cbuf.starts_with(H2_PREFACE) {
+                    let io = Rewind::new(cbuf, stream);
+                    return crate::server::serve_h2(inner, io, client, watch).await;
+                }
+                if !H2_PREFACE.starts_with(&cbuf) {
+                    h2c = false;
+                }
+            }
+            // (Until the preface is whole or ruled out, nothing is parsed.)
+            let preface_pending = h2c && cbuf.len() < H2_PREFACE.len();
+            if !(cbuf.is_empty() || preface_pending) {
                 let table = inner.table();
                 match h1::prepare(&cbuf, &limits, &client, &table, &mut request) {
                     Prep::Partial => {}
@@ -149,10 +170,7 @@ async fn run(
         match prep {
             Prep::Partial => unreachable!("read again above"),
             Prep::Fallback => {
-                let io = Rewind {
-                    pre: cbuf,
-                    inner: stream,
-                };
+                let io = Rewind::new(cbuf, stream);
                 return crate::server::serve_hyper(inner, io, client, closing, watch).await;
             }
             Prep::Local {
@@ -160,14 +178,25 @@ async fn run(
                 close,
                 answer: local,
             } => {
-                cbuf.advance(consumed);
+                let started = Instant::now();
                 let close = close || closing.load(Ordering::Acquire);
                 answer.clear();
+                let (status, body) = match &local {
+                    Local::HostHealth if inner.draining.load(Ordering::Acquire) => {
+                        (503, "draining\n".len())
+                    }
+                    Local::HostHealth => (200, "ok\n".len()),
+                    Local::Redirect { .. } => (308, 0),
+                    Local::NoRoute { .. } => (404, 0),
+                };
                 match local {
                     Local::HostHealth if inner.draining.load(Ordering::Acquire) => {
                         h1::text(&mut answer, 503, "Service Unavailable", "draining\n", close)
                     }
                     Local::HostHealth => h1::text(&mut answer, 200, "OK", "ok\n", close),
+                    Local::Redirect { ref location } => {
+                        h1::redirect(&mut answer, location, close)
+                    }
                     Local::NoRoute { host, path } => h1::text(
                         &mut answer,
                         404,
@@ -176,12 +205,18 @@ async fn run(
                         close,
                     ),
                 }
-                if stream.write_all(&answer).await.is_err() || close {
+                let sent = stream.write_all(&answer).await.is_ok() && stream.flush().await.is_ok();
+                if let Some(log) = inner.log() {
+                    let body = if status == 404 { answer.len() as u64 } else { body as u64 };
+                    log_local(log, &cbuf[..consumed], &client, started, status, body);
+                }
+                cbuf.advance(consumed);
+                if !sent || close {
                     return;
                 }
             }
             Prep::Forward(f) => {
-                cbuf.advance(f.consumed);
+                let started = Instant::now();
                 f.route
                     .requests
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -192,12 +227,78 @@ async fn run(
                     request: &request,
                     close,
                 };
-                if !ctx.run(&mut stream, &mut answer, &mut deadline).await {
+                let done = ctx.run(&mut stream, &mut answer, &mut deadline).await;
+                let record = crate::stats::Record {
+                    started,
+                    client: client.peer,
+                    tls: client.tls,
+                    version: "HTTP/1.1",
+                    method: "",
+                    host: "",
+                    target: "",
+                    status: done.status,
+                    bytes: done.bytes,
+                    route: Some(&f.route),
+                    task: done.backend.as_deref().map(|b| b.task.as_str()),
+                };
+                match inner.log() {
+                    None => crate::stats::record(None, &record),
+                    Some(log) => {
+                        let (method, target, host) = h1::request_line(&cbuf[..f.consumed]);
+                        let record = crate::stats::Record {
+                            method,
+                            target,
+                            host,
+                            ..record
+                        };
+                        crate::stats::record(Some(log), &record);
+                    }
+                }
+                cbuf.advance(f.consumed);
+                if !done.keep {
                     return;
                 }
             }
         }
     }
+}
+
+/// Logs an answer the proxy gave itself.
+fn log_local(
+    log: &crate::stats::Log,
+    head: &[u8],
+    client: &ClientInfo,
+    started: Instant,
+    status: u16,
+    bytes: u64,
+) {
+    let (method, target, host) = h1::request_line(head);
+    crate::stats::record(
+        Some(log),
+        &crate::stats::Record {
+            started,
+            client: client.peer,
+            tls: client.tls,
+            version: "HTTP/1.1",
+            method,
+            host,
+            target,
+            status,
+            bytes,
+            route: None,
+            task: None,
+        },
+    );
+}
+
+/// How one request went.
+struct Outcome {
+    /// The client connection stays open.
+    keep: bool,
+    status: u16,
+    /// Body bytes sent to the client.
+    bytes: u64,
+    backend: Option<Arc<Backend>>,
 }
 
 /// How an attempt to get a response head failed.
@@ -228,14 +329,13 @@ struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
-    /// Forwards the request; returns whether the client connection stays
-    /// open.
-    async fn run(
+    /// Forwards the request and says how it went.
+    async fn run<S: Client>(
         &self,
-        client: &mut TcpStream,
+        client: &mut S,
         answer: &mut Vec<u8>,
         deadline: &mut Deadline,
-    ) -> bool {
+    ) -> Outcome {
         let Exchange { inner, f, .. } = *self;
         let settings = &inner.settings;
         let mut tried: Vec<Arc<Backend>> = Vec::new();
@@ -330,14 +430,20 @@ impl Exchange<'_> {
             let close = self.close || head.body == BodyEnd::Close;
             let relayed = relay(client, &mut up, head.body, answer).await;
             drop(in_flight);
-            return match relayed {
-                Ok(()) => {
+            let (keep, bytes) = match relayed {
+                Ok(n) => {
                     if head.reusable {
                         backend.checkin_raw(up);
                     }
-                    !close
+                    (!close, n)
                 }
-                Err(RelayError::Client | RelayError::Task) => false,
+                Err(RelayError::Client | RelayError::Task) => (false, 0),
+            };
+            return Outcome {
+                keep,
+                status: head.status,
+                bytes,
+                backend: Some(backend),
             };
         }
         if tried.is_empty() && last_error.is_empty() {
@@ -405,17 +511,23 @@ impl Exchange<'_> {
     }
 
     /// Answers the client from the proxy itself.
-    async fn text(
+    async fn text<S: Client>(
         &self,
-        client: &mut TcpStream,
+        client: &mut S,
         answer: &mut Vec<u8>,
         status: u16,
         reason: &str,
         body: &str,
-    ) -> bool {
+    ) -> Outcome {
         answer.clear();
         h1::text(answer, status, reason, body, self.close);
-        client.write_all(answer).await.is_ok() && !self.close
+        let sent = client.write_all(answer).await.is_ok() && client.flush().await.is_ok();
+        Outcome {
+            keep: sent && !self.close,
+            status,
+            bytes: body.len() as u64,
+            backend: None,
+        }
     }
 }
 
@@ -435,16 +547,30 @@ async fn fill(up: &mut Upstream, want: u64) -> Result<(), RelayError> {
 
 /// Writes the response head in `answer` and the body after it, as the task
 /// sends it. The head and the body bytes already read go in one write.
-async fn relay(
-    client: &mut TcpStream,
+async fn relay<S: Client>(
+    client: &mut S,
     up: &mut Upstream,
     body: BodyEnd,
     answer: &[u8],
-) -> Result<(), RelayError> {
+) -> Result<u64, RelayError> {
+    let sent = relay_body(client, up, body, answer).await?;
+    // TLS keeps what it could not send yet: push it out now.
+    client.flush().await.map_err(|_| RelayError::Client)?;
+    Ok(sent)
+}
+
+/// The body part of [`relay`]: returns the body bytes passed on.
+async fn relay_body<S: Client>(
+    client: &mut S,
+    up: &mut Upstream,
+    body: BodyEnd,
+    answer: &[u8],
+) -> Result<u64, RelayError> {
     let to_client = |r: std::io::Result<()>| r.map_err(|_| RelayError::Client);
     match body {
-        BodyEnd::None => to_client(client.write_all(answer).await),
-        BodyEnd::Length(mut left) => {
+        BodyEnd::None => to_client(client.write_all(answer).await).map(|()| 0),
+        BodyEnd::Length(length) => {
+            let mut left = length;
             let take = left.min(up.buf.len() as u64) as usize;
             to_client(write_two(client, answer, &up.buf[..take]).await)?;
             up.buf.advance(take);
@@ -456,11 +582,12 @@ async fn relay(
                 up.buf.advance(take);
                 left -= take as u64;
             }
-            Ok(())
+            Ok(length)
         }
         BodyEnd::Chunked => {
             let mut framing = Chunked::new();
             let take = framing.feed(&up.buf).map_err(|_| RelayError::Task)?;
+            let mut sent = take as u64;
             to_client(write_two(client, answer, &up.buf[..take]).await)?;
             up.buf.advance(take);
             while !framing.done() {
@@ -468,16 +595,19 @@ async fn relay(
                 let take = framing.feed(&up.buf).map_err(|_| RelayError::Task)?;
                 to_client(client.write_all(&up.buf[..take]).await)?;
                 up.buf.advance(take);
+                sent += take as u64;
             }
-            Ok(())
+            Ok(sent)
         }
         BodyEnd::Close => {
+            let mut sent = up.buf.len() as u64;
             to_client(write_two(client, answer, &up.buf).await)?;
             up.buf.clear();
             loop {
                 if fill(up, MAX_READ as u64).await.is_err() {
-                    return Ok(()); // the end of the body
+                    return Ok(sent); // the end of the body
                 }
+                sent += up.buf.len() as u64;
                 to_client(client.write_all(&up.buf).await)?;
                 up.buf.clear();
             }
@@ -487,7 +617,7 @@ async fn relay(
 
 /// Writes `a` then `b`, gathered into as few system calls as the socket
 /// takes (no copy of the body behind the head).
-async fn write_two(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
+async fn write_two<S: Client>(stream: &mut S, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
     while !a.is_empty() && !b.is_empty() {
         let n = stream
             .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
@@ -508,12 +638,18 @@ async fn write_two(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::i
 
 /// A client connection handed to hyper with the bytes the fast path had
 /// already read put back in front.
-pub(crate) struct Rewind {
+pub(crate) struct Rewind<S> {
     pre: BytesMut,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Rewind {
+impl<S: Client> Rewind<S> {
+    pub(crate) fn new(pre: BytesMut, inner: S) -> Rewind<S> {
+        Rewind { pre, inner }
+    }
+}
+
+impl<S: Client> AsyncRead for Rewind<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -530,7 +666,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: Client> AsyncWrite for Rewind<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

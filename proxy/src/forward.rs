@@ -40,6 +40,24 @@ pub struct ClientInfo {
     pub peer: SocketAddr,
     /// The listener's address (its port is what the client reached).
     pub local: SocketAddr,
+    /// It came through a TLS listener.
+    pub tls: bool,
+}
+
+/// What a forwarded request turned into, for the metrics and access log.
+#[derive(Default)]
+pub(crate) struct Seen {
+    pub route: Option<Arc<Route>>,
+    pub backend: Option<Arc<Backend>>,
+}
+
+/// A permanent redirect to the same URL over HTTPS (`host` without port).
+pub(crate) fn https_location(host: &str, https_port: u16, target: &str) -> String {
+    if https_port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{https_port}{target}")
+    }
 }
 
 pub(crate) fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
@@ -131,7 +149,10 @@ pub(crate) fn set_forwarded(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    );
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST, h.clone());
     }
@@ -206,6 +227,7 @@ pub(crate) async fn handle(
     inner: Arc<Inner>,
     client: ClientInfo,
     mut req: Request<Incoming>,
+    seen: &mut Seen,
 ) -> Response<ProxyBody> {
     if req.method() == hyper::Method::CONNECT {
         // A reverse proxy does not open tunnels to its tasks.
@@ -231,7 +253,7 @@ pub(crate) async fn handle(
             .insert(CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
-    if req.uri().path() == crate::HOST_HEALTH_PATH {
+    if req.uri().path() == inner.settings.health_path {
         return if inner.draining.load(std::sync::atomic::Ordering::Acquire) {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
         } else {
@@ -243,6 +265,16 @@ pub(crate) async fn handle(
         let path = req.uri().path();
         let table = inner.table();
         match table.find(&host, path) {
+            Some(m) if m.redirect_https && !client.tls => {
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let location = https_location(&host, inner.settings.https_port, target);
+                let mut r = text(StatusCode::PERMANENT_REDIRECT, String::new());
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(hyper::header::LOCATION, v);
+                }
+                seen.route = Some(Arc::clone(m.route));
+                return r;
+            }
             Some(m) => (Arc::clone(m.route), m.algorithm),
             None => {
                 return text(
@@ -256,6 +288,7 @@ pub(crate) async fn handle(
     route
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    seen.route = Some(Arc::clone(&route));
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let original_host = req.headers().get(HOST).cloned();
@@ -267,8 +300,22 @@ pub(crate) async fn handle(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    // `TE: trailers` says the client takes trailers (gRPC needs it said);
+    // the one TE value a proxy may pass on.
+    let trailers = parts
+        .headers
+        .get_all(hyper::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    set_forwarded(&mut parts.headers, &client, original_host.as_ref());
+    if trailers {
+        parts
+            .headers
+            .insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+    }
+    set_forwarded(&mut parts.headers, &client, host_value.as_ref());
     parts.version = Version::HTTP_11;
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         // Absolute form from a client: backends get origin form.
@@ -383,6 +430,7 @@ pub(crate) async fn handle(
                 break;
             }
         };
+        seen.backend = Some(Arc::clone(&backend));
         return finish(&backend, sender, response, in_flight, client_upgrade);
     }
     if tried.is_empty() {
@@ -515,6 +563,7 @@ mod tests {
         let client = ClientInfo {
             peer: "10.1.2.3:5555".parse().unwrap(),
             local: "0.0.0.0:8080".parse().unwrap(),
+            tls: false,
         };
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));

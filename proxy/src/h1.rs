@@ -43,6 +43,8 @@ pub(crate) enum Prep {
 pub(crate) enum Local {
     HostHealth,
     NoRoute { host: String, path: String },
+    /// The route takes HTTPS only: a permanent redirect there.
+    Redirect { location: String },
 }
 
 pub(crate) struct Forward {
@@ -70,10 +72,12 @@ impl std::fmt::Debug for Forward {
     }
 }
 
-/// Limits from the proxy settings.
-pub(crate) struct Limits {
+/// Limits and local paths from the proxy settings.
+pub(crate) struct Limits<'a> {
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub health_path: &'a str,
+    pub https_port: u16,
 }
 
 fn eq(a: &str, b: &str) -> bool {
@@ -152,7 +156,7 @@ fn idempotent(method: &str) -> bool {
 /// headers dropped, `X-Forwarded-*` set), body as received.
 pub(crate) fn prepare(
     buf: &[u8],
-    limits: &Limits,
+    limits: &Limits<'_>,
     client: &ClientInfo,
     table: &Table,
     out: &mut Vec<u8>,
@@ -219,7 +223,7 @@ pub(crate) fn prepare(
     }
     let consumed = head_len + body;
     let path = target.split('?').next().unwrap_or(target);
-    if path == crate::HOST_HEALTH_PATH {
+    if path == limits.health_path {
         return Prep::Local {
             consumed,
             close,
@@ -237,6 +241,16 @@ pub(crate) fn prepare(
             },
         };
     };
+
+    if found.redirect_https && !client.tls {
+        return Prep::Local {
+            consumed,
+            close,
+            answer: Local::Redirect {
+                location: crate::forward::https_location(&key, limits.https_port, target),
+            },
+        };
+    }
 
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -257,7 +271,11 @@ pub(crate) fn prepare(
         out.extend_from_slice(b", ");
     }
     write_ip(out, client.peer.ip());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+    out.extend_from_slice(if client.tls {
+        b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ".as_slice()
+    } else {
+        b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ".as_slice()
+    });
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     write_u64(out, u64::from(client.local.port()));
@@ -271,6 +289,41 @@ pub(crate) fn prepare(
         head: method == "HEAD",
         close,
     })
+}
+
+/// Method, target and `Host` of a request the fast path took, for the
+/// access log (empty where absent).
+pub(crate) fn request_line(head: &[u8]) -> (&str, &str, &str) {
+    fn text(b: &[u8]) -> &str {
+        std::str::from_utf8(b).unwrap_or("")
+    }
+    let mut lines = head.split(|&b| b == b'\n');
+    let first = lines.next().unwrap_or(&[]);
+    let mut parts = first.trim_ascii().splitn(3, |&b| b == b' ');
+    let method = text(parts.next().unwrap_or(&[]));
+    let target = text(parts.next().unwrap_or(&[]));
+    let host = lines
+        .take_while(|l| !l.trim_ascii().is_empty())
+        .find_map(|l| {
+            let colon = l.iter().position(|&b| b == b':')?;
+            l[..colon]
+                .eq_ignore_ascii_case(b"host")
+                .then(|| text(l[colon + 1..].trim_ascii()))
+        })
+        .unwrap_or("");
+    (method, target, host)
+}
+
+/// A `308 Permanent Redirect` to `location` (the method and body are kept
+/// by the client, unlike 301).
+pub(crate) fn redirect(out: &mut Vec<u8>, location: &str, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 308 Permanent Redirect\r\nLocation: ");
+    out.extend_from_slice(location.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: 0\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_u64(out: &mut Vec<u8>, mut n: u64) {
@@ -571,6 +624,7 @@ mod tests {
         ClientInfo {
             peer: "10.1.2.3:5555".parse().unwrap(),
             local: "0.0.0.0:8080".parse().unwrap(),
+            tls: false,
         }
     }
 
@@ -579,12 +633,14 @@ mod tests {
             hosts: vec!["example.com".into()],
             ..RouteSpec::default()
         };
-        Table::new(vec![Arc::new(Route::new("web", spec))])
+        Table::new(vec![Arc::new(Route::new("web", 0, spec))])
     }
 
     const LIMITS: Limits = Limits {
         max_header_bytes: 1024,
         max_headers: 100,
+        health_path: crate::DEFAULT_HEALTH_PATH,
+        https_port: 443,
     };
 
     fn prep(raw: &[u8]) -> (Prep, String) {

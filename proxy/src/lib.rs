@@ -29,7 +29,9 @@ mod h1;
 mod health;
 mod route;
 mod server;
+mod stats;
 mod sync;
+mod tls;
 
 use backend::Backend;
 use bytes::Bytes;
@@ -44,6 +46,8 @@ use tokio::sync::mpsc;
 
 pub use health::{HealthCheck, Matcher};
 pub use route::{Algorithm, RouteSpec};
+pub use stats::{AccessLog, RouteMetrics, LATENCY_BUCKETS};
+pub use tls::{CertFiles, Certs};
 
 /// The body type on both sides of the proxy: streamed, never buffered whole.
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -68,6 +72,18 @@ pub struct Settings {
     pub max_connections_per_client: usize,
     /// On shutdown, how long in-flight requests get to finish.
     pub shutdown_grace: Duration,
+    /// The host's own health check (never routed to a task): 200 while the
+    /// host takes traffic, 503 once it drains or shuts down.
+    pub health_path: String,
+    /// Offer HTTP/2 (ALPN `h2`) on the TLS listeners.
+    pub http2: bool,
+    /// Take prior-knowledge HTTP/2 (h2c) on the plain listeners.
+    pub h2c: bool,
+    /// Concurrent streams on one HTTP/2 connection.
+    pub h2_max_streams: u32,
+    /// The port HTTP-to-HTTPS redirects point at (443: none in the URL).
+    pub https_port: u16,
+    pub access_log: AccessLog,
 }
 
 impl Default for Settings {
@@ -81,6 +97,12 @@ impl Default for Settings {
             max_connections: 10_000,
             max_connections_per_client: 1000,
             shutdown_grace: Duration::from_secs(30),
+            health_path: DEFAULT_HEALTH_PATH.into(),
+            http2: true,
+            h2c: false,
+            h2_max_streams: 100,
+            https_port: 443,
+            access_log: AccessLog::Off,
         }
     }
 }
@@ -109,14 +131,19 @@ pub(crate) struct Inner {
     routes: Mutex<BTreeMap<(String, usize), Arc<Route>>>,
     pub(crate) settings: Settings,
     events: mpsc::UnboundedSender<HealthEvent>,
-    /// The host is draining: [`HOST_HEALTH_PATH`] answers 503.
+    /// The host is draining: the health path answers 503.
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// The same, for HTTP/2 connections waiting to send GOAWAY.
+    pub(crate) draining_tx: tokio::sync::watch::Sender<bool>,
+    pub(crate) certs: Option<Arc<Certs>>,
+    /// The access log's queue, when on and serving.
+    pub(crate) log: std::sync::OnceLock<stats::Log>,
 }
 
-/// The host's own health check, for a load balancer in front of several
-/// hosts: 200 while the host takes traffic, 503 while it drains (its tasks
-/// moving to other hosts before it shuts down). Any host name.
-pub const HOST_HEALTH_PATH: &str = "/dockhand/health";
+/// The default host health check path, for a load balancer in front of
+/// several hosts: 200 while the host takes traffic, 503 while it drains
+/// (its tasks moving to other hosts before it shuts down). Any host name.
+pub const DEFAULT_HEALTH_PATH: &str = "/dockhand/health";
 
 impl Inner {
     pub(crate) fn table(&self) -> Arc<Table> {
@@ -126,6 +153,20 @@ impl Inner {
     fn rebuild(&self, routes: &BTreeMap<(String, usize), Arc<Route>>) {
         let t = Table::new(routes.values().cloned().collect());
         *write(&self.table) = Arc::new(t);
+        if let Some(certs) = &self.certs {
+            let wanted = routes
+                .values()
+                .filter_map(|r| {
+                    let spec = read(&r.spec);
+                    spec.tls.clone().map(|f| (spec.hosts.clone(), f))
+                })
+                .collect();
+            certs.set_routes(wanted);
+        }
+    }
+
+    pub(crate) fn log(&self) -> Option<&stats::Log> {
+        self.log.get()
     }
 
     pub(crate) fn report(&self, route: &Route, b: &Backend, t: Option<Transition>, reason: &str) {
@@ -161,6 +202,18 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy with no routes. Health changes are sent to `events`.
     pub fn new(settings: Settings, events: mpsc::UnboundedSender<HealthEvent>) -> Proxy {
+        Proxy::with_certs(settings, events, None)
+    }
+
+    /// A proxy whose TLS listeners present `certs`.
+    pub fn with_certs(
+        settings: Settings,
+        events: mpsc::UnboundedSender<HealthEvent>,
+        certs: Option<Arc<Certs>>,
+    ) -> Proxy {
+        if let Some(c) = &certs {
+            tokio::spawn(Certs::watch_files(Arc::downgrade(c)));
+        }
         Proxy {
             inner: Arc::new(Inner {
                 permits: Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1))),
@@ -171,15 +224,45 @@ impl Proxy {
                 settings,
                 events,
                 draining: std::sync::atomic::AtomicBool::new(false),
+                draining_tx: tokio::sync::watch::Sender::new(false),
+                certs,
+                log: std::sync::OnceLock::new(),
             }),
         }
     }
 
-    /// Marks the host draining (or not): [`HOST_HEALTH_PATH`] answers 503.
+    /// Marks the host draining (or not): the health path answers 503, and
+    /// HTTP/2 connections get GOAWAY (their clients reconnect, to another
+    /// host behind the load balancer).
     pub fn set_draining(&self, draining: bool) {
         self.inner
             .draining
             .store(draining, std::sync::atomic::Ordering::Release);
+        self.inner.draining_tx.send_replace(draining);
+    }
+
+    /// Reads the certificate files again and reopens the access log file
+    /// (SIGHUP).
+    pub fn reload(&self) {
+        if let Some(c) = &self.inner.certs {
+            c.reload();
+        }
+        if let Some(l) = self.inner.log() {
+            l.reopen();
+        }
+    }
+
+    /// Each route's answers by status class and latency histogram.
+    pub fn route_metrics(&self) -> Vec<RouteMetrics> {
+        let routes = lock(&self.inner.routes);
+        routes.values().map(|r| RouteMetrics::of(r)).collect()
+    }
+
+    /// Access log lines lost because the writer fell behind.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.inner.log().map_or(0, |l| {
+            l.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// Declares a service's routes, one per `loadBalancers` entry. Existing
@@ -201,7 +284,7 @@ impl Proxy {
                 None => {
                     routes.insert(
                         (service.to_string(), i),
-                        Arc::new(Route::new(service, spec.clone())),
+                        Arc::new(Route::new(service, i, spec.clone())),
                     );
                     changed = true;
                 }
@@ -357,11 +440,36 @@ impl Proxy {
             .sum()
     }
 
-    /// Serves on `listeners` until `shutdown` is signaled, then stops
-    /// accepting; each open connection finishes its in-flight request
-    /// (within the shutdown grace period) and releases its clone of the
-    /// watch, so the signaler's drain completes when the last is done.
-    pub async fn serve(&self, listeners: Vec<tokio::net::TcpListener>, shutdown: drain::Watch) {
-        server::serve(Arc::clone(&self.inner), listeners, shutdown).await
+    /// Serves on `listeners` (plain HTTP) and `tls_listeners` (TLS, with
+    /// the certificates given to [`Proxy::with_certs`]) until `shutdown` is
+    /// signaled, then stops accepting; each open connection finishes its
+    /// in-flight request (within the shutdown grace period) and releases
+    /// its clone of the watch, so the signaler's drain completes when the
+    /// last is done.
+    pub async fn serve(
+        &self,
+        listeners: Vec<tokio::net::TcpListener>,
+        tls_listeners: Vec<tokio::net::TcpListener>,
+        shutdown: drain::Watch,
+    ) -> Result<(), String> {
+        let tls = match (&self.inner.certs, tls_listeners.is_empty()) {
+            (_, true) => None,
+            (None, false) => return Err("TLS listeners need certificates".into()),
+            (Some(c), false) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                c.server_config(self.inner.settings.http2)?,
+            ))),
+        };
+        if let Some(log) = stats::Log::start(&self.inner.settings.access_log) {
+            let _ = self.inner.log.set(log);
+        }
+        server::serve(
+            Arc::clone(&self.inner),
+            listeners,
+            tls_listeners,
+            tls,
+            shutdown,
+        )
+        .await;
+        Ok(())
     }
 }

@@ -34,6 +34,10 @@ pub struct RouteSpec {
     pub algorithm: Algorithm,
     /// Before this long after registration a backend gets no traffic.
     pub grace: Duration,
+    /// The certificate for `hosts` on the TLS listeners (else the default).
+    pub tls: Option<crate::tls::CertFiles>,
+    /// Plain-HTTP requests get a redirect to HTTPS.
+    pub redirect_https: bool,
 }
 
 impl Default for RouteSpec {
@@ -45,27 +49,34 @@ impl Default for RouteSpec {
             deregistration_delay: Duration::from_secs(30),
             algorithm: Algorithm::default(),
             grace: Duration::ZERO,
+            tls: None,
+            redirect_https: false,
         }
     }
 }
 
 pub(crate) struct Route {
     pub service: String,
+    /// Which of the service's `loadBalancers` entries.
+    pub index: usize,
     pub(crate) spec: RwLock<RouteSpec>,
     pub(crate) backends: RwLock<Vec<Arc<Backend>>>,
     next: AtomicUsize,
     /// Requests routed here (for metrics).
     pub(crate) requests: std::sync::atomic::AtomicU64,
+    pub(crate) stats: crate::stats::RouteStats,
 }
 
 impl Route {
-    pub(crate) fn new(service: &str, spec: RouteSpec) -> Route {
+    pub(crate) fn new(service: &str, index: usize, spec: RouteSpec) -> Route {
         Route {
             service: service.to_string(),
+            index,
             spec: RwLock::new(spec),
             backends: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
             requests: std::sync::atomic::AtomicU64::new(0),
+            stats: crate::stats::RouteStats::default(),
         }
     }
 
@@ -138,6 +149,7 @@ struct Entry {
     any_host: bool,
     prefix: String,
     algorithm: Algorithm,
+    redirect_https: bool,
     route: Arc<Route>,
 }
 
@@ -145,6 +157,8 @@ struct Entry {
 pub(crate) struct Matched<'a> {
     pub route: &'a Arc<Route>,
     pub algorithm: Algorithm,
+    /// Plain HTTP gets a redirect to HTTPS.
+    pub redirect_https: bool,
 }
 
 impl Table {
@@ -164,6 +178,7 @@ impl Table {
                     suffixes: suffixes.iter().map(|h| h[1..].to_string()).collect(),
                     prefix: spec.path_prefix.trim_end_matches('/').to_string(),
                     algorithm: spec.algorithm,
+                    redirect_https: spec.redirect_https,
                     route,
                 }
             })
@@ -196,6 +211,7 @@ impl Table {
         best.map(|(e, _)| Matched {
             route: &e.route,
             algorithm: e.algorithm,
+            redirect_https: e.redirect_https,
         })
     }
 }
@@ -207,6 +223,7 @@ mod tests {
     fn route(service: &str, hosts: &[&str], prefix: &str) -> Arc<Route> {
         Arc::new(Route::new(
             service,
+            0,
             RouteSpec {
                 hosts: hosts.iter().map(|h| h.to_string()).collect(),
                 path_prefix: prefix.into(),

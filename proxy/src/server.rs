@@ -21,6 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// A TLS client has this long (or the idle timeout, if shorter) to finish
+/// its handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// On shutdown, how long a keep-alive connection may take to send one more
 /// request (answered with `Connection: close`) before it is closed idle.
@@ -90,6 +95,8 @@ impl Drop for ClientSlot {
 pub(crate) async fn serve(
     inner: Arc<Inner>,
     listeners: Vec<tokio::net::TcpListener>,
+    tls_listeners: Vec<tokio::net::TcpListener>,
+    tls: Option<TlsAcceptor>,
     shutdown: drain::Watch,
 ) {
     let permits = Arc::clone(&inner.permits);
@@ -97,13 +104,18 @@ pub(crate) async fn serve(
     // Set once shutdown is signaled; answers then carry `Connection: close`.
     let closing = Arc::new(AtomicBool::new(false));
     let mut accept_loops = tokio::task::JoinSet::new();
-    for listener in listeners {
+    let all = listeners
+        .into_iter()
+        .map(|l| (l, None))
+        .chain(tls_listeners.into_iter().map(|l| (l, tls.clone())));
+    for (listener, tls) in all {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "proxy listening");
+            tracing::info!(%addr, tls = tls.is_some(), "proxy listening");
         }
         accept_loops.spawn(accept_loop(
             Arc::clone(&inner),
             listener,
+            tls,
             Arc::clone(&permits),
             Arc::clone(&per_client),
             Arc::clone(&closing),
@@ -118,6 +130,7 @@ pub(crate) async fn serve(
 async fn accept_loop(
     inner: Arc<Inner>,
     listener: tokio::net::TcpListener,
+    tls: Option<TlsAcceptor>,
     permits: Arc<Semaphore>,
     per_client: Arc<PerClient>,
     closing: Arc<AtomicBool>,
@@ -166,16 +179,43 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let local = listening.unwrap_or(peer);
-        let client = ClientInfo { peer, local };
+        let client = ClientInfo {
+            peer,
+            local,
+            tls: tls.is_some(),
+        };
         let open = Open::new(&inner);
         let inner = Arc::clone(&inner);
         let watch = shutdown.clone();
         let closing = Arc::clone(&closing);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _slot = slot;
             let _open = open;
-            crate::fast::serve(inner, stream, client, closing, watch).await;
+            let Some(acceptor) = tls else {
+                return crate::fast::serve(inner, stream, client, closing, watch).await;
+            };
+            let handshake = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT.min(inner.settings.idle_timeout),
+                acceptor.accept(stream),
+            );
+            let stream = match handshake.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(inner, stream, client, watch).await;
+            } else {
+                crate::fast::serve(inner, stream, client, closing, watch).await;
+            }
         });
     }
 }
@@ -198,7 +238,7 @@ pub(crate) async fn serve_hyper<I>(
         let inner = Arc::clone(&inner);
         let closing = closing.load(Ordering::Acquire);
         async move {
-            let mut resp = forward::handle(inner, client, req).await;
+            let mut resp = observed(inner, client, req).await;
             if closing {
                 // Shutting down: this answer ends the connection,
                 // so the client reconnects (to the next agent)
@@ -247,6 +287,197 @@ pub(crate) async fn serve_hyper<I>(
                 let _ = tokio::time::timeout(rest, conn).await;
             }
             drop(release);
+        }
+    }
+}
+
+/// Forwards one request from hyper's server (HTTP/1.1 or HTTP/2) and
+/// counts it when its answer's body is done (or dropped).
+async fn observed(
+    inner: Arc<Inner>,
+    client: ClientInfo,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<crate::ProxyBody> {
+    let started = tokio::time::Instant::now();
+    let line = inner.log().is_some().then(|| RequestLine {
+        version: if req.version() == hyper::Version::HTTP_2 {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        },
+        method: req.method().to_string(),
+        host: req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_string(),
+        target: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+    });
+    let mut seen = forward::Seen::default();
+    let resp = forward::handle(Arc::clone(&inner), client, req, &mut seen).await;
+    let status = resp.status().as_u16();
+    resp.map(|body| {
+        use http_body_util::BodyExt;
+        Observed {
+            body,
+            inner,
+            client,
+            started,
+            status,
+            bytes: 0,
+            seen,
+            line,
+        }
+        .boxed()
+    })
+}
+
+/// What the access log says of a request, kept only when it is on.
+struct RequestLine {
+    version: &'static str,
+    method: String,
+    host: String,
+    target: String,
+}
+
+/// An answer's body that records its request once it is done.
+struct Observed {
+    body: crate::ProxyBody,
+    inner: Arc<Inner>,
+    client: ClientInfo,
+    started: tokio::time::Instant,
+    status: u16,
+    bytes: u64,
+    seen: forward::Seen,
+    line: Option<RequestLine>,
+}
+
+impl hyper::body::Body for Observed {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.bytes += d.len() as u64;
+            }
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        let line = self.line.take();
+        let (version, method, host, target) = match &line {
+            Some(l) => (l.version, l.method.as_str(), l.host.as_str(), l.target.as_str()),
+            None => ("", "", "", ""),
+        };
+        crate::stats::record(
+            self.inner.log(),
+            &crate::stats::Record {
+                started: self.started,
+                client: self.client.peer,
+                tls: self.client.tls,
+                version,
+                method,
+                host,
+                target,
+                status: self.status,
+                bytes: self.bytes,
+                route: self.seen.route.as_deref(),
+                task: self.seen.backend.as_deref().map(|b| b.task.as_str()),
+            },
+        );
+    }
+}
+
+/// Serves an HTTP/2 connection (ALPN `h2` on TLS, or prior-knowledge h2c)
+/// with hyper's server and forward.rs: each stream is one request, sent
+/// to a task over HTTP/1.1. GOAWAY when the host starts draining and on
+/// shutdown (then in-flight streams get the grace period); an
+/// idle connection (no stream for the idle timeout) is closed the same way.
+pub(crate) async fn serve_h2<I>(inner: Arc<Inner>, io: I, client: ClientInfo, watch: drain::Watch)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = inner.settings.clone();
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let service = {
+        let inner = Arc::clone(&inner);
+        let active = Arc::clone(&active);
+        let served = Arc::clone(&served);
+        hyper::service::service_fn(move |req| {
+            let inner = Arc::clone(&inner);
+            let active = Arc::clone(&active);
+            served.fetch_add(1, Ordering::Relaxed);
+            active.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let resp = observed(inner, client, req).await;
+                active.fetch_sub(1, Ordering::Relaxed);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.h2_max_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_send_buf_size(256 * 1024);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let signaled = watch.signaled();
+    tokio::pin!(signaled);
+    let mut draining = inner.draining_tx.subscribe();
+    let mut goaway = false;
+    let mut idle = tokio::time::interval(settings.idle_timeout);
+    idle.tick().await;
+    let mut last_served = 0;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(cause = %e, peer = %client.peer, "HTTP/2 connection ended with an error");
+                }
+                return;
+            }
+            release = &mut signaled => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(settings.shutdown_grace, conn).await;
+                drop(release);
+                return;
+            }
+            ok = async { draining.wait_for(|d| *d).await.is_ok() }, if !goaway => {
+                goaway = true;
+                if ok {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = idle.tick(), if !goaway => {
+                let now = served.load(Ordering::Relaxed);
+                if now == last_served && active.load(Ordering::Relaxed) == 0 {
+                    goaway = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                last_served = now;
+            }
         }
     }
 }

@@ -99,7 +99,7 @@ async fn serve_proxy(settings: Settings, backend: SocketAddr, interval: Duration
     let p = proxy.clone();
     tokio::spawn(async move {
         let _keep = signal;
-        p.serve(vec![l], watch).await
+        p.serve(vec![l], Vec::new(), watch).await
     });
     (port, proxy)
 }
@@ -317,7 +317,7 @@ async fn one_client_cannot_hold_every_connection() {
     let port = l.local_addr().unwrap().port();
     let (signal, watch) = drain::channel();
     let p = proxy.clone();
-    tokio::spawn(async move { p.serve(vec![l], watch).await });
+    tokio::spawn(async move { p.serve(vec![l], Vec::new(), watch).await });
 
     // Ten idle connections from 127.0.0.1: five are kept, five closed.
     let mut idle = Vec::new();
