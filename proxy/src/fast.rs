@@ -189,12 +189,16 @@ async fn run<S: Client>(
                     Local::Redirect { .. } => (308, 0),
                     Local::NoRoute { .. } => (404, 0),
                 };
+                let route = match &local {
+                    Local::Redirect { route, .. } => Some(Arc::clone(route)),
+                    _ => None,
+                };
                 match local {
                     Local::HostHealth if inner.draining.load(Ordering::Acquire) => {
                         h1::text(&mut answer, 503, "Service Unavailable", "draining\n", close)
                     }
                     Local::HostHealth => h1::text(&mut answer, 200, "OK", "ok\n", close),
-                    Local::Redirect { ref location } => {
+                    Local::Redirect { ref location, .. } => {
                         h1::redirect(&mut answer, location, close)
                     }
                     Local::NoRoute { host, path } => h1::text(
@@ -206,10 +210,20 @@ async fn run<S: Client>(
                     ),
                 }
                 let sent = stream.write_all(&answer).await.is_ok() && stream.flush().await.is_ok();
-                if let Some(log) = inner.log() {
-                    let body = if status == 404 { answer.len() as u64 } else { body as u64 };
-                    log_local(log, &cbuf[..consumed], &client, started, status, body);
-                }
+                let body = if status == 404 {
+                    answer.len() as u64
+                } else {
+                    body as u64
+                };
+                let head = &cbuf[..consumed];
+                let local = LocalAnswer {
+                    client: &client,
+                    started,
+                    status,
+                    bytes: body,
+                    route: route.as_deref(),
+                };
+                local.record(inner.log(), head);
                 cbuf.advance(consumed);
                 if !sent || close {
                     return;
@@ -263,32 +277,40 @@ async fn run<S: Client>(
     }
 }
 
-/// Logs an answer the proxy gave itself.
-fn log_local(
-    log: &crate::stats::Log,
-    head: &[u8],
-    client: &ClientInfo,
+/// An answer the proxy gave itself (health, redirect, no route).
+struct LocalAnswer<'a> {
+    client: &'a ClientInfo,
     started: Instant,
     status: u16,
     bytes: u64,
-) {
-    let (method, target, host) = h1::request_line(head);
-    crate::stats::record(
-        Some(log),
-        &crate::stats::Record {
-            started,
-            client: client.peer,
-            tls: client.tls,
-            version: "HTTP/1.1",
-            method,
-            host,
-            target,
-            status,
-            bytes,
-            route: None,
-            task: None,
-        },
-    );
+    /// The route, for a redirect.
+    route: Option<&'a crate::route::Route>,
+}
+
+impl LocalAnswer<'_> {
+    /// Counts it on its route, and logs it (`head`: the request's bytes).
+    fn record(&self, log: Option<&crate::stats::Log>, head: &[u8]) {
+        let (method, target, host) = match log {
+            Some(_) => h1::request_line(head),
+            None => ("", "", ""),
+        };
+        crate::stats::record(
+            log,
+            &crate::stats::Record {
+                started: self.started,
+                client: self.client.peer,
+                tls: self.client.tls,
+                version: "HTTP/1.1",
+                method,
+                host,
+                target,
+                status: self.status,
+                bytes: self.bytes,
+                route: self.route,
+                task: None,
+            },
+        );
+    }
 }
 
 /// How one request went.

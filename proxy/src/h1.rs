@@ -39,12 +39,35 @@ pub(crate) enum Prep {
     Forward(Forward),
 }
 
-#[derive(Debug)]
 pub(crate) enum Local {
     HostHealth,
-    NoRoute { host: String, path: String },
+    NoRoute {
+        host: String,
+        path: String,
+    },
     /// The route takes HTTPS only: a permanent redirect there.
-    Redirect { location: String },
+    Redirect {
+        location: String,
+        route: Arc<Route>,
+    },
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Local::HostHealth => f.write_str("HostHealth"),
+            Local::NoRoute { host, path } => f
+                .debug_struct("NoRoute")
+                .field("host", host)
+                .field("path", path)
+                .finish(),
+            Local::Redirect { location, route } => f
+                .debug_struct("Redirect")
+                .field("location", location)
+                .field("service", &route.service)
+                .finish(),
+        }
+    }
 }
 
 pub(crate) struct Forward {
@@ -248,6 +271,7 @@ pub(crate) fn prepare(
             close,
             answer: Local::Redirect {
                 location: crate::forward::https_location(&key, limits.https_port, target),
+                route: Arc::clone(found.route),
             },
         };
     }

@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 pub use health::{HealthCheck, Matcher};
 pub use route::{Algorithm, RouteSpec};
 pub use stats::{AccessLog, RouteMetrics, LATENCY_BUCKETS};
-pub use tls::{CertFiles, Certs};
+pub use tls::{CertFiles, Certs, POLL as TLS_POLL};
 
 /// The body type on both sides of the proxy: streamed, never buffered whole.
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -260,9 +260,9 @@ impl Proxy {
 
     /// Access log lines lost because the writer fell behind.
     pub fn access_log_dropped(&self) -> u64 {
-        self.inner.log().map_or(0, |l| {
-            l.dropped.load(std::sync::atomic::Ordering::Relaxed)
-        })
+        self.inner
+            .log()
+            .map_or(0, |l| l.dropped.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Declares a service's routes, one per `loadBalancers` entry. Existing

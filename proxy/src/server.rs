@@ -385,7 +385,12 @@ impl Drop for Observed {
     fn drop(&mut self) {
         let line = self.line.take();
         let (version, method, host, target) = match &line {
-            Some(l) => (l.version, l.method.as_str(), l.host.as_str(), l.target.as_str()),
+            Some(l) => (
+                l.version,
+                l.method.as_str(),
+                l.host.as_str(),
+                l.target.as_str(),
+            ),
             None => ("", "", "", ""),
         };
         crate::stats::record(
@@ -435,7 +440,8 @@ where
             }
         })
     };
-    let mut builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.h2_max_streams)
@@ -445,7 +451,11 @@ where
     tokio::pin!(conn);
     let signaled = watch.signaled();
     tokio::pin!(signaled);
+    // Connections open when the host starts draining get GOAWAY; one
+    // opened while it drains is served (the load balancer in front is
+    // taking the host out) until it idles.
     let mut draining = inner.draining_tx.subscribe();
+    draining.borrow_and_update();
     let mut goaway = false;
     let mut idle = tokio::time::interval(settings.idle_timeout);
     idle.tick().await;
@@ -464,12 +474,16 @@ where
                 drop(release);
                 return;
             }
-            ok = async { draining.wait_for(|d| *d).await.is_ok() }, if !goaway => {
-                goaway = true;
-                if ok {
-                    conn.as_mut().graceful_shutdown();
+            r = draining.changed(), if !goaway => match r {
+                // The proxy is gone: nothing more to wait for.
+                Err(_) => goaway = true,
+                Ok(()) => {
+                    if *draining.borrow_and_update() {
+                        goaway = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
-            }
+            },
             _ = idle.tick(), if !goaway => {
                 let now = served.load(Ordering::Relaxed);
                 if now == last_served && active.load(Ordering::Relaxed) == 0 {

@@ -162,7 +162,11 @@ impl Log {
 /// flush per batch of queued lines.
 fn write_loop(mut rx: mpsc::Receiver<Vec<u8>>, path: Option<PathBuf>, reopen: Arc<AtomicBool>) {
     let open = |p: &PathBuf| -> Option<Box<dyn Write>> {
-        match std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             Ok(f) => Some(Box::new(f)),
             Err(e) => {
                 tracing::error!(path = %p.display(), cause = %e, "cannot open the access log; lines are lost until it opens");

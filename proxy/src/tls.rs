@@ -77,13 +77,8 @@ pub fn load(files: &CertFiles, provider: &CryptoProvider) -> Result<CertifiedKey
     let pem = read_pem(&files.key)?;
     let key = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| format!("{}: no usable PEM private key ({e})", files.key.display()))?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        format!(
-            "{} and {}: {e}",
-            files.cert.display(),
-            files.key.display()
-        )
-    })
+    CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| format!("{} and {}: {e}", files.cert.display(), files.key.display()))
 }
 
 /// One loaded pair and the stamps of its files then.
@@ -352,7 +347,10 @@ mod tests {
             key: keyf.clone(),
         };
         let e = load(&files, &provider).unwrap_err();
-        assert!(e.contains("c.pem") && e.contains("no PEM certificate"), "{e}");
+        assert!(
+            e.contains("c.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
         let missing = CertFiles {
             cert: dir.join("missing.pem"),
             key: keyf,

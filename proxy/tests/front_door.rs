@@ -1,0 +1,779 @@
+//! The proxy as a host's front door, through real clients: TLS with curl
+//! and rustls, certificates picked by SNI and swapped under load, HTTP/2
+//! over TLS (ALPN) and prior-knowledge h2c, 100 streams on one
+//! connection, trailers, GOAWAY when the host drains, HTTP-to-HTTPS
+//! redirects, the host health path, the access log and route metrics.
+//! Certificates are made for each test with the `openssl` command.
+
+use bytes::Bytes;
+use dockhand_proxy::{AccessLog, CertFiles, Certs, HealthCheck, Proxy, RouteSpec, Settings};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// A scratch directory removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p = std::env::temp_dir().join(format!("dockhand-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("the openssl command (Debian's openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`<name>-ca.pem`) and a P-256 leaf it signed for `names`
+/// (`<name>.pem`, `<name>.key`).
+fn make_cert(dir: &Path, name: &str, names: &[&str]) -> (PathBuf, CertFiles) {
+    let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
+    let (ca_key, ca) = (p(&format!("{name}-ca.key")), p(&format!("{name}-ca.pem")));
+    let (key, csr, cert) = (
+        p(&format!("{name}.key")),
+        p(&format!("{name}.csr")),
+        p(&format!("{name}.pem")),
+    );
+    let ext = p(&format!("{name}.ext"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} test CA"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN={}", names[0]),
+    ]);
+    let sans: Vec<String> = names
+        .iter()
+        .map(|n| {
+            if n.parse::<std::net::IpAddr>().is_ok() {
+                format!("IP:{n}")
+            } else {
+                format!("DNS:{n}")
+            }
+        })
+        .collect();
+    std::fs::write(
+        &ext,
+        format!(
+            "basicConstraints=CA:FALSE\nsubjectAltName={}\n",
+            sans.join(",")
+        ),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    (
+        PathBuf::from(ca),
+        CertFiles {
+            cert: cert.into(),
+            key: key.into(),
+        },
+    )
+}
+
+/// What the backend saw: the `X-Forwarded-Proto` of each request.
+type Protos = Arc<Mutex<Vec<String>>>;
+
+/// A backend: `/barrier` answers once `BARRIER` requests are in flight
+/// together (or after 10 s with 504, when they never are); `/trailers`
+/// answers a chunked body and gRPC-style trailers; anything else `ok`.
+async fn backend() -> (SocketAddr, Protos) {
+    const BARRIER: usize = 100;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let protos: Protos = Arc::default();
+    let seen = Arc::clone(&protos);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let all_in = Arc::new(Notify::new());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = Arc::clone(&seen);
+            let waiting = Arc::clone(&waiting);
+            let all_in = Arc::clone(&all_in);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let seen = Arc::clone(&seen);
+                        let waiting = Arc::clone(&waiting);
+                        let all_in = Arc::clone(&all_in);
+                        async move {
+                            let path = req.uri().path().to_string();
+                            if path != "/health" {
+                                let proto = req
+                                    .headers()
+                                    .get("x-forwarded-proto")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                seen.lock().unwrap().push(proto);
+                            }
+                            let body: http_body_util::combinators::BoxBody<
+                                Bytes,
+                                std::convert::Infallible,
+                            > = match path.as_str() {
+                                "/barrier" => {
+                                    let wait = all_in.notified();
+                                    if waiting.fetch_add(1, Ordering::SeqCst) + 1 >= BARRIER {
+                                        all_in.notify_waiters();
+                                    } else if tokio::time::timeout(Duration::from_secs(10), wait)
+                                        .await
+                                        .is_err()
+                                    {
+                                        let mut r = hyper::Response::new(
+                                            Full::new(Bytes::from_static(b"never all in\n"))
+                                                .boxed(),
+                                        );
+                                        *r.status_mut() = hyper::StatusCode::GATEWAY_TIMEOUT;
+                                        return Ok::<_, std::convert::Infallible>(r);
+                                    }
+                                    Full::new(Bytes::from_static(b"all in\n")).boxed()
+                                }
+                                "/trailers" => {
+                                    let _ = req.into_body().collect().await;
+                                    let mut t = hyper::HeaderMap::new();
+                                    t.insert("grpc-status", "0".parse().unwrap());
+                                    t.insert("grpc-message", "fine".parse().unwrap());
+                                    let frames = vec![
+                                        Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x05hello"))),
+                                        Ok(Frame::trailers(t)),
+                                    ];
+                                    futures_stream(frames).boxed()
+                                }
+                                _ => Full::new(Bytes::from_static(b"ok\n")).boxed(),
+                            };
+                            let mut r = hyper::Response::new(body);
+                            if path == "/trailers" {
+                                // An HTTP/1.1 server declares the trailers it sends.
+                                r.headers_mut().insert(
+                                    "trailer",
+                                    "grpc-status, grpc-message".parse().unwrap(),
+                                );
+                            }
+                            Ok(r)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, protos)
+}
+
+/// A stream of the given frames (no futures crate needed).
+fn futures_stream(
+    frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>>,
+) -> impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> {
+    struct Frames(std::collections::VecDeque<Result<Frame<Bytes>, std::convert::Infallible>>);
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front())
+        }
+    }
+    Frames(frames.into())
+}
+
+struct Front {
+    proxy: Proxy,
+    plain: u16,
+    tls: u16,
+    protos: Protos,
+    _signal: drain::Signal,
+}
+
+/// A proxy with a plain and a TLS listener, `routes` all to one healthy
+/// backend.
+async fn front(mut settings: Settings, certs: Option<Arc<Certs>>, routes: Vec<RouteSpec>) -> Front {
+    let (backend, protos) = backend().await;
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (plain_port, tls_port) = (
+        plain.local_addr().unwrap().port(),
+        tls.local_addr().unwrap().port(),
+    );
+    settings.https_port = tls_port;
+    let with_tls = certs.is_some();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = Proxy::with_certs(settings, tx, certs);
+    let routes: Vec<RouteSpec> = routes
+        .into_iter()
+        .map(|r| RouteSpec {
+            check: HealthCheck {
+                path: "/health".into(),
+                interval: Duration::from_millis(200),
+                healthy_threshold: 1,
+                ..HealthCheck::default()
+            },
+            ..r
+        })
+        .collect();
+    let n = routes.len();
+    proxy.set_routes("svc", routes);
+    for i in 0..n {
+        proxy.add_backend("svc", i, "task-1", backend, false);
+    }
+    for _ in 0..100 {
+        if proxy.task_health("task-1") == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.task_health("task-1"), Some(true));
+    let (signal, watch) = drain::channel();
+    let p = proxy.clone();
+    // A TLS listener only with certificates.
+    let tls = if with_tls { vec![tls] } else { Vec::new() };
+    tokio::spawn(async move { p.serve(vec![plain], tls, watch).await });
+    Front {
+        proxy,
+        plain: plain_port,
+        tls: tls_port,
+        protos,
+        _signal: signal,
+    }
+}
+
+/// curl's answer: (status, HTTP version, body).
+async fn curl(args: Vec<String>) -> (String, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(&args)
+        .output()
+        .await
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, tail) = text.rsplit_once('\n').unwrap();
+    let (code, version) = tail.split_once(' ').unwrap();
+    (code.into(), version.into(), body.trim_end().into())
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+#[tokio::test]
+async fn curl_gets_tls_and_h2_with_the_certificate_its_name_asks_for() {
+    let dir = Dir::new("tls-curl");
+    let (ca, default) = make_cert(&dir.0, "default", &["localhost", "127.0.0.1"]);
+    let (shop_ca, shop) = make_cert(&dir.0, "shop", &["shop.test"]);
+    let certs = Arc::new(Certs::new(Some(default)).unwrap());
+    let f = front(
+        Settings::default(),
+        Some(certs),
+        vec![
+            RouteSpec {
+                hosts: vec!["shop.test".into()],
+                tls: Some(shop),
+                ..RouteSpec::default()
+            },
+            RouteSpec::default(),
+        ],
+    )
+    .await;
+    let ca = ca.to_str().unwrap();
+    let url = format!("https://localhost:{}/", f.tls);
+    let (code, version, body) = curl(s(&["--cacert", ca, "--http1.1", &url])).await;
+    assert_eq!(
+        (code.as_str(), version.as_str(), body.as_str()),
+        ("200", "1.1", "ok")
+    );
+    let (code, version, _) = curl(s(&["--cacert", ca, "--http2", &url])).await;
+    assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
+    // The route's own certificate for its host name (SNI): only its CA
+    // verifies it.
+    let (code, _, _) = curl(s(&[
+        "--cacert",
+        shop_ca.to_str().unwrap(),
+        "--resolve",
+        &format!("shop.test:{}:127.0.0.1", f.tls),
+        &format!("https://shop.test:{}/", f.tls),
+    ]))
+    .await;
+    assert_eq!(code, "200");
+    let wrong = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", ca, "--resolve"])
+        .arg(format!("shop.test:{}:127.0.0.1", f.tls))
+        .arg(format!("https://shop.test:{}/", f.tls))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !wrong.status.success(),
+        "shop.test must not get the default certificate"
+    );
+    // Plain HTTP still works beside it; the task learns which it was.
+    let (code, _, _) = curl(s(&[&format!("http://127.0.0.1:{}/", f.plain)])).await;
+    assert_eq!(code, "200");
+    let protos = f.protos.lock().unwrap().clone();
+    assert_eq!(protos, ["https", "https", "https", "http"]);
+    // TLS 1.1 is refused.
+    let old = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            ca,
+            "--tlsv1.1",
+            "--tls-max",
+            "1.1",
+        ])
+        .arg(&url)
+        .output()
+        .await
+        .unwrap();
+    assert!(!old.status.success());
+}
+
+/// A TLS client trusting `cas`, offering `alpn`.
+fn connector(cas: &[&Path], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Every connection a full handshake: a resumed session would show the
+    // certificate of the session it resumes.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn tls_connect(c: &tokio_rustls::TlsConnector, port: u16) -> std::io::Result<Tls> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    c.connect(name, tcp).await
+}
+
+/// One HTTP/1.1 request on a new TLS connection; the certificate it got.
+async fn one_request(c: &tokio_rustls::TlsConnector, port: u16) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tls_connect(c, port).await.map_err(|e| e.to_string())?;
+    let cert = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    if !text.starts_with("HTTP/1.1 200") || !text.ends_with("ok\n") {
+        return Err(format!("answer {text:?}"));
+    }
+    Ok(cert)
+}
+
+fn der(files: &CertFiles) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(&files.cert)
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swapped_under_load_fails_no_request() {
+    let dir = Dir::new("tls-swap");
+    let (ca1, first) = make_cert(&dir.0, "first", &["localhost"]);
+    let (ca2, second) = make_cert(&dir.0, "second", &["localhost"]);
+    // The files the proxy reads; replaced by rename, as deploy tools do.
+    let live = CertFiles {
+        cert: dir.0.join("live.pem"),
+        key: dir.0.join("live.key"),
+    };
+    std::fs::copy(&first.cert, &live.cert).unwrap();
+    std::fs::copy(&first.key, &live.key).unwrap();
+    let certs = Arc::new(Certs::new(Some(live.clone())).unwrap());
+    let f = front(Settings::default(), Some(certs), vec![RouteSpec::default()]).await;
+    let c = connector(&[&ca1, &ca2], &[b"http/1.1"]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (c, stop, port) = (c.clone(), Arc::clone(&stop), f.tls);
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut last) = (0, Vec::new(), Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match one_request(&c, port).await {
+                    Ok(cert) => {
+                        ok += 1;
+                        last = cert;
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed, last)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Both files replaced, key first (a moment with a mismatched pair must
+    // keep the old certificate, not fail handshakes).
+    let swap = |from: &Path, to: &Path| {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    };
+    swap(&second.key, &live.key);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    swap(&second.cert, &live.cert);
+    // Picked up within the poll interval.
+    let deadline = std::time::Instant::now() + dockhand_proxy::TLS_POLL + Duration::from_secs(3);
+    let want = der(&second);
+    loop {
+        if one_request(&c, f.tls).await.unwrap() == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A broken file keeps the last good certificate.
+    std::fs::write(&live.cert, "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    f.proxy.reload();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let (ok, failed, last) = c.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        assert_eq!(last, want, "each client ends on the new certificate");
+        total += ok;
+    }
+    assert!(total > 20, "only {total} requests made");
+    assert_eq!(one_request(&c, f.tls).await.unwrap(), want);
+}
+
+/// An HTTP/2 client connection over `io`; the connection task's handle.
+async fn h2_client<I>(
+    io: I,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, task)
+}
+
+fn get(authority: &str, path: &str) -> hyper::Request<Full<Bytes>> {
+    hyper::Request::builder()
+        .uri(format!("https://{authority}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_carries_100_concurrent_streams_on_one_connection_and_trailers() {
+    let dir = Dir::new("tls-h2");
+    let (ca, default) = make_cert(&dir.0, "default", &["localhost"]);
+    let certs = Arc::new(Certs::new(Some(default)).unwrap());
+    let f = front(Settings::default(), Some(certs), vec![RouteSpec::default()]).await;
+    let tls = tls_connect(&connector(&[&ca], &[b"h2"]), f.tls)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, _conn) = h2_client(tls).await;
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let mut send = send.clone();
+        streams.push(tokio::spawn(async move {
+            let r = send
+                .send_request(get("localhost", "/barrier"))
+                .await
+                .unwrap();
+            let status = r.status();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }));
+    }
+    for s in streams {
+        let (status, body) = s.await.unwrap();
+        // The backend answers only once all 100 are in flight at once.
+        assert_eq!((status.as_u16(), &body[..]), (200, &b"all in\n"[..]));
+    }
+    assert_eq!(f.proxy.open_connections(), 1, "one client connection");
+
+    // gRPC-style: a POST with `te: trailers`, trailers back after the data.
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("https://localhost/trailers")
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
+        .unwrap();
+    let r = send.clone().send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let collected = r.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "fine");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x05hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_serves_and_a_draining_host_sends_goaway_and_fails_its_health_check() {
+    let settings = Settings {
+        h2c: true,
+        health_path: "/lb-check".into(),
+        ..Settings::default()
+    };
+    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", f.plain))
+        .await
+        .unwrap();
+    let (send, conn) = h2_client(tcp).await;
+    let authority = format!("127.0.0.1:{}", f.plain);
+    let r = send
+        .clone()
+        .send_request(get(&authority, "/"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), hyper::Version::HTTP_2);
+    let r = send
+        .clone()
+        .send_request(get(&authority, "/lb-check"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The old default path is an ordinary request now, routed to the task.
+    let (code, _, body) = curl(s(&[&format!(
+        "http://127.0.0.1:{}/dockhand/health",
+        f.plain
+    )]))
+    .await;
+    assert_eq!((code.as_str(), body.as_str()), ("200", "ok"));
+    let (code, _, _) = curl(s(&[&format!("http://127.0.0.1:{}/lb-check", f.plain)])).await;
+    assert_eq!(code, "200");
+
+    f.proxy.set_draining(true);
+    // GOAWAY: the client's connection ends without anyone closing it.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("GOAWAY after drain")
+        .unwrap();
+    let (code, _, body) = curl(s(&[&format!("http://127.0.0.1:{}/lb-check", f.plain)])).await;
+    assert_eq!((code.as_str(), body.as_str()), ("503", "draining"));
+    let (code, _, _) = curl(s(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{}/lb-check", f.plain),
+    ]))
+    .await;
+    assert_eq!(code, "503");
+}
+
+#[tokio::test]
+async fn https_routes_redirect_plain_http_and_requests_are_logged_and_counted() {
+    let dir = Dir::new("tls-log");
+    let (ca, default) = make_cert(&dir.0, "default", &["localhost", "shop.test"]);
+    let log = dir.0.join("access.log");
+    let settings = Settings {
+        access_log: AccessLog::File(log.clone()),
+        ..Settings::default()
+    };
+    let certs = Arc::new(Certs::new(Some(default)).unwrap());
+    let f = front(
+        settings,
+        Some(certs),
+        vec![
+            RouteSpec {
+                hosts: vec!["shop.test".into()],
+                redirect_https: true,
+                ..RouteSpec::default()
+            },
+            RouteSpec::default(),
+        ],
+    )
+    .await;
+    let resolve = format!("shop.test:{}:127.0.0.1", f.plain);
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "--resolve",
+            &resolve,
+        ])
+        .arg(format!("http://shop.test:{}/cart?item=2", f.plain))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("308 https://shop.test:{}/cart?item=2", f.tls)
+    );
+    // Followed, it lands on the TLS listener and is served.
+    let (code, _, body) = curl(s(&[
+        "-L",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        "--resolve",
+        &format!("shop.test:{}:127.0.0.1", f.tls),
+        &format!("http://shop.test:{}/cart", f.plain),
+    ]))
+    .await;
+    assert_eq!((code.as_str(), body.as_str()), ("200", "ok"));
+    // Another host is not redirected; h2 requests are logged too.
+    let (code, _, _) = curl(s(&[&format!("http://127.0.0.1:{}/plain", f.plain)])).await;
+    assert_eq!(code, "200");
+    let (code, _, _) = curl(s(&[
+        "--http2",
+        "--cacert",
+        ca.to_str().unwrap(),
+        &format!("https://localhost:{}/two", f.tls),
+    ]))
+    .await;
+    assert_eq!(code, "200");
+
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect();
+        if lines.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let brief: Vec<(String, i64, String, bool, String)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["path"].as_str().unwrap_or("").to_string(),
+                v["status"].as_i64().unwrap_or(0),
+                v["proto"].as_str().unwrap_or("").to_string(),
+                v["tls"].as_bool().unwrap_or(false),
+                v["task"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let want = |p: &str, st: i64, proto: &str, tls: bool, task: &str| {
+        (p.to_string(), st, proto.to_string(), tls, task.to_string())
+    };
+    assert_eq!(
+        brief,
+        vec![
+            want("/cart?item=2", 308, "HTTP/1.1", false, "-"),
+            want("/cart", 308, "HTTP/1.1", false, "-"),
+            want("/cart", 200, "HTTP/2", true, "task-1"),
+            want("/plain", 200, "HTTP/1.1", false, "task-1"),
+            want("/two", 200, "HTTP/2", true, "task-1"),
+        ]
+    );
+    assert_eq!(lines[2]["service"], "svc");
+    assert_eq!(lines[2]["route"], 0);
+    assert_eq!(lines[2]["host"], format!("shop.test:{}", f.tls));
+    assert_eq!(lines[2]["bytes"], 3);
+    assert!(lines[2]["duration_ms"].as_f64().unwrap() >= 0.0);
+    // Route metrics: the redirects counted as 3xx on the shop route.
+    let m = f.proxy.route_metrics();
+    let shop = m.iter().find(|r| r.index == 0).unwrap();
+    let other = m.iter().find(|r| r.index == 1).unwrap();
+    assert_eq!(shop.by_class, [0, 1, 2, 0, 0]);
+    assert_eq!(other.by_class, [0, 2, 0, 0, 0]);
+    assert_eq!(other.latency[dockhand_proxy::LATENCY_BUCKETS.len()], 2);
+}
