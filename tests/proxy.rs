@@ -557,3 +557,140 @@ async fn a_task_killed_under_load_fails_no_request() {
         stats.failures
     );
 }
+
+/// A self-signed P-256 certificate for `names` (curl trusts it with
+/// `--cacert`): (cert, key) paths.
+fn self_signed(dir: &std::path::Path, stem: &str, names: &str) -> (String, String) {
+    let cert = dir.join(format!("{stem}.pem")).display().to_string();
+    let key = dir.join(format!("{stem}.key")).display().to_string();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=dockhand test",
+            "-keyout",
+            &key,
+        ])
+        .args(["-out", &cert, "-addext", &format!("subjectAltName={names}")])
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// `curl ARGS`: (exit success, `%{http_code} %{http_version}`, body).
+fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (out.status.success(), tail.to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_terminates_tls_speaks_h2_redirects_logs_and_reloads_on_sighup() {
+    let tls_port = support::free_port();
+    let scratch = std::env::temp_dir().join(format!("dockhand-it-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (cert, key) = self_signed(&scratch, "first", "DNS:localhost,DNS:shop.test");
+    let log = scratch.join("access.log");
+    let mut agent = Agent::new(
+        "tls",
+        &[
+            &format!("DOCKHAND_PROXY_TLS_LISTEN=127.0.0.1:{tls_port}"),
+            &format!("DOCKHAND_PROXY_TLS_CERT={cert}"),
+            &format!("DOCKHAND_PROXY_TLS_KEY={key}"),
+            &format!("DOCKHAND_PROXY_ACCESS_LOG={}", log.display()),
+        ],
+    );
+    agent.start();
+    let mut svc = routed_service("web", 1, &[], 1);
+    svc["loadBalancers"][0]["hosts"] = serde_json::json!(["shop.test"]);
+    svc["loadBalancers"][0]["tls"] = serde_json::json!({"redirectHttp": true});
+    agent.write_service(svc);
+    healthy_count(&agent, "web", 1).await;
+
+    let on_tls = format!("shop.test:{tls_port}:127.0.0.1");
+    let on_plain = format!("shop.test:{}:127.0.0.1", agent.proxy);
+    let url = format!("https://shop.test:{tls_port}/");
+    let (ok, tail, body) = curl(&["--cacert", &cert, "--resolve", &on_tls, "--http1.1", &url]);
+    assert!(
+        ok && tail == "200 1.1" && body.starts_with("Hello"),
+        "{tail} {body}\n{}",
+        agent.log()
+    );
+    let (ok, tail, _) = curl(&["--cacert", &cert, "--resolve", &on_tls, "--http2", &url]);
+    assert!(ok && tail == "200 2", "{tail}");
+    let (ok, tail, _) = curl(&[
+        "--resolve",
+        &on_plain,
+        &format!("http://shop.test:{}/x", agent.proxy),
+    ]);
+    assert!(ok && tail == "308 1.1", "plain HTTP is redirected: {tail}");
+
+    // SIGHUP: a new certificate in the same files is served at once.
+    let (new_cert, new_key) = self_signed(&scratch, "second", "DNS:shop.test");
+    std::fs::rename(&new_key, &key).unwrap();
+    std::fs::rename(&new_cert, &cert).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &agent.pid().to_string()])
+        .status();
+    wait_for(
+        Duration::from_secs(10),
+        "the new certificate after SIGHUP",
+        || async {
+            let (ok, tail, _) = curl(&["--cacert", &cert, "--resolve", &on_tls, &url]);
+            (ok && tail == "200 2").then_some(())
+        },
+    )
+    .await;
+
+    // One JSON line per request, and per-route counts on /metrics.
+    let lines: Vec<serde_json::Value> =
+        wait_for(Duration::from_secs(5), "access log lines", || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            (lines.len() >= 4).then_some(lines)
+        })
+        .await;
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["service"], "web");
+    assert_eq!(lines[0]["tls"], true);
+    assert_eq!(lines[2]["status"], 308);
+    let (_, metrics) = http_get(agent.api, "/metrics").unwrap();
+    assert!(
+        metrics.contains(
+            "dockhand_proxy_route_requests_total{service=\"web\",route=\"0\",code=\"2xx\"} "
+        ) && metrics.contains(
+            "dockhand_proxy_route_requests_total{service=\"web\",route=\"0\",code=\"3xx\"} 1"
+        ),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -53,7 +53,7 @@ fn next_port_range() -> (u16, u16) {
     (base, base + 49)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
