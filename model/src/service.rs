@@ -187,9 +187,10 @@ impl LoadBalancer {
                 .and_then(Algorithm::parse)
                 .unwrap_or_default(),
             grace: Duration::from_secs(grace_seconds.clamp(0, MAX_GRACE_PERIOD_SECONDS) as u64),
-            certificate: self.tls.as_ref().and_then(|t| {
-                Some((t.certificate_file.clone()?, t.key_file.clone()?))
-            }),
+            certificate: self
+                .tls
+                .as_ref()
+                .and_then(|t| Some((t.certificate_file.clone()?, t.key_file.clone()?))),
             redirect_https: self.tls.as_ref().is_some_and(|t| t.redirect_http),
         }
     }
@@ -291,7 +292,11 @@ impl LoadBalancer {
             ] {
                 if let Some(f) = f {
                     if !f.starts_with('/') || f.contains('\0') || f.len() > 4096 {
-                        e.at(&tp, field, format!("expected an absolute file path, got {f:?}"));
+                        e.at(
+                            &tp,
+                            field,
+                            format!("expected an absolute file path, got {f:?}"),
+                        );
                     }
                 }
             }
@@ -652,6 +657,37 @@ mod tests {
         assert_eq!(p.spec.wanted_tasks(), 4);
         assert_eq!(p.spec.task_definition.memory_mib(), 128);
         assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_routes_tls_is_checked_at_its_path() {
+        let mut doc = article_service();
+        doc["loadBalancers"][0]["tls"] = json!({"certificateFile": "/etc/tls/shop.pem", "keyFile": "/etc/tls/shop.key",
+                   "redirectHttp": true});
+        let p = ServiceSpec::parse(&doc.to_string()).unwrap();
+        let r = p.spec.load_balancers[0].route_settings(0);
+        assert_eq!(
+            r.certificate,
+            Some(("/etc/tls/shop.pem".into(), "/etc/tls/shop.key".into()))
+        );
+        assert!(r.redirect_https);
+
+        doc["loadBalancers"][0]["tls"] = json!({"certificateFile": "shop.pem"});
+        doc["loadBalancers"][0]["hosts"] = json!([]);
+        assert_eq!(
+            errors_of(doc),
+            vec![
+                "loadBalancers[0].tls.keyFile: required with certificateFile",
+                "loadBalancers[0].tls.certificateFile: expected an absolute file path, got \"shop.pem\"",
+            ]
+        );
+        let mut doc = article_service();
+        doc["loadBalancers"][0]["hosts"] = json!([]);
+        doc["loadBalancers"][0]["tls"] = json!({"certificateFile": "/a.pem", "keyFile": "/a.key"});
+        assert_eq!(
+            errors_of(doc),
+            vec!["loadBalancers[0].hosts: a route with its own certificate must list the host names it serves (picked by SNI)"]
+        );
     }
 
     #[test]
