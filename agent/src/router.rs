@@ -57,6 +57,7 @@ pub fn route_spec(r: &RouteSettings) -> RouteSpec {
                 key: key.into(),
             }),
         redirect_https: r.redirect_https,
+        backend_h2: r.http2_to_tasks,
         algorithm: match r.algorithm {
             Algorithm::LeastOutstanding => dockhand_proxy::Algorithm::LeastOutstanding,
             Algorithm::RoundRobin => dockhand_proxy::Algorithm::RoundRobin,

@@ -41,6 +41,8 @@ pub struct RouteSettings {
     pub certificate: Option<(String, String)>,
     /// Plain HTTP gets a permanent redirect to HTTPS.
     pub redirect_https: bool,
+    /// Tasks are reached over HTTP/2 (prior knowledge), health checks too.
+    pub http2_to_tasks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -99,6 +99,10 @@ pub struct LoadBalancer {
     /// HTTPS for this route's hosts on the proxy's TLS listeners.
     #[serde(default)]
     pub tls: Option<RouteTls>,
+    /// ALB's target group `ProtocolVersion`: `HTTP1` (the default), or
+    /// `HTTP2` / `GRPC` for tasks reached over HTTP/2 (prior knowledge).
+    #[serde(default)]
+    pub protocol_version: Option<String>,
 }
 
 /// A route's HTTPS: its certificate (PEM files on the host, picked by SNI
@@ -192,6 +196,7 @@ impl LoadBalancer {
                 .as_ref()
                 .and_then(|t| Some((t.certificate_file.clone()?, t.key_file.clone()?))),
             redirect_https: self.tls.as_ref().is_some_and(|t| t.redirect_http),
+            http2_to_tasks: matches!(self.protocol_version.as_deref(), Some("HTTP2" | "GRPC")),
         }
     }
 
@@ -274,6 +279,15 @@ impl LoadBalancer {
                 }
             }
         }
+        if let Some(v) = &self.protocol_version {
+            if !matches!(v.as_str(), "HTTP1" | "HTTP2" | "GRPC") {
+                e.at(
+                    path,
+                    "protocolVersion",
+                    format!("expected HTTP1, HTTP2 or GRPC, got {v:?}"),
+                );
+            }
+        }
         if let Some(t) = &self.tls {
             let tp = join(path, "tls");
             match (&t.certificate_file, &t.key_file) {
@@ -342,6 +356,7 @@ pub const LB_LABELS: &[&str] = &[
     "dockhand.lb.tls.certificate-file",
     "dockhand.lb.tls.key-file",
     "dockhand.lb.tls.redirect-http",
+    "dockhand.lb.protocol-version",
 ];
 
 impl LoadBalancer {
@@ -363,6 +378,7 @@ impl LoadBalancer {
             deregistration_delay_seconds: None,
             load_balancing_algorithm: None,
             tls: None,
+            protocol_version: None,
         };
         let mut e = Errors::default();
         let mut tls = RouteTls::default();
@@ -408,6 +424,7 @@ impl LoadBalancer {
                     "dockhand.lb.algorithm" => lb.load_balancing_algorithm = Some(v.clone()),
                     "dockhand.lb.tls.certificate-file" => tls.certificate_file = Some(v.clone()),
                     "dockhand.lb.tls.key-file" => tls.key_file = Some(v.clone()),
+                    "dockhand.lb.protocol-version" => lb.protocol_version = Some(v.clone()),
                     "dockhand.lb.tls.redirect-http" => match v.trim() {
                         "true" => tls.redirect_http = true,
                         "false" => tls.redirect_http = false,
@@ -671,6 +688,16 @@ mod tests {
             Some(("/etc/tls/shop.pem".into(), "/etc/tls/shop.key".into()))
         );
         assert!(r.redirect_https);
+        assert!(!r.http2_to_tasks);
+        doc["loadBalancers"][0]["protocolVersion"] = json!("GRPC");
+        let p = ServiceSpec::parse(&doc.to_string()).unwrap();
+        assert!(p.spec.load_balancers[0].route_settings(0).http2_to_tasks);
+        doc["loadBalancers"][0]["protocolVersion"] = json!("HTTP3");
+        assert_eq!(
+            errors_of(doc.clone()),
+            vec!["loadBalancers[0].protocolVersion: expected HTTP1, HTTP2 or GRPC, got \"HTTP3\""]
+        );
+        doc["loadBalancers"][0]["protocolVersion"] = json!("HTTP2");
 
         doc["loadBalancers"][0]["tls"] = json!({"certificateFile": "shop.pem"});
         doc["loadBalancers"][0]["hosts"] = json!([]);

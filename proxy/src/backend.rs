@@ -36,6 +36,9 @@ pub(crate) struct Backend {
     upgraded: AtomicUsize,
     state: Mutex<CheckState>,
     idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    /// The one HTTP/2 connection to a task that speaks it, shared by all
+    /// requests (streams).
+    h2: Mutex<Option<hyper::client::conn::http2::SendRequest<ProxyBody>>>,
     /// Idle connections of the fast path (fast.rs), most recent last.
     raw_idle: Mutex<Vec<Upstream>>,
     /// Notified whenever in-flight or upgraded counts drop.
@@ -71,6 +74,7 @@ impl Backend {
                 last_failure: None,
             }),
             idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
             raw_idle: Mutex::new(Vec::new()),
             quiet: Notify::new(),
             watched: AtomicBool::new(false),
@@ -144,6 +148,8 @@ impl Backend {
     /// Closes every idle pooled connection.
     pub(crate) fn close_idle(&self) {
         lock(&self.idle).clear();
+        // Streams in flight keep the connection until they end.
+        lock(&self.h2).take();
         lock(&self.raw_idle).clear();
     }
 
@@ -225,6 +231,33 @@ impl Backend {
                 tracing::debug!(cause = %e, "backend connection ended");
             }
         });
+        Ok(sender)
+    }
+
+    /// The task's HTTP/2 connection, made when there is none (or it
+    /// closed). Several requests may race to make it; the last is kept.
+    pub(crate) async fn checkout_h2(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<hyper::client::conn::http2::SendRequest<ProxyBody>, std::io::Error> {
+        if let Some(s) = lock(&self.h2).as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let stream = self.connect(connect_timeout).await?;
+        let (sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(cause = %e, "backend HTTP/2 connection ended");
+            }
+        });
+        if self.routable() {
+            *lock(&self.h2) = Some(sender.clone());
+        }
         Ok(sender)
     }
 

@@ -260,7 +260,7 @@ pub(crate) async fn handle(
             text(StatusCode::OK, "ok\n".into())
         };
     }
-    let (route, algorithm) = {
+    let (route, algorithm, h2) = {
         let host = request_host(&req);
         let path = req.uri().path();
         let table = inner.table();
@@ -275,7 +275,7 @@ pub(crate) async fn handle(
                 seen.route = Some(Arc::clone(m.route));
                 return r;
             }
-            Some(m) => (Arc::clone(m.route), m.algorithm),
+            Some(m) => (Arc::clone(m.route), m.algorithm, m.backend_h2),
             None => {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -372,7 +372,18 @@ pub(crate) async fn handle(
             break;
         };
         let in_flight = backend.begin_request();
-        let mut sender = match backend.checkout(settings.connect_timeout).await {
+        let checkout = if h2 {
+            backend
+                .checkout_h2(settings.connect_timeout)
+                .await
+                .map(Sender::H2)
+        } else {
+            backend
+                .checkout(settings.connect_timeout)
+                .await
+                .map(Sender::H1)
+        };
+        let mut sender = match checkout {
             Ok(s) => s,
             Err(e) => {
                 // Nothing was sent: the request is intact for another try.
@@ -384,8 +395,14 @@ pub(crate) async fn handle(
                 continue;
             }
         };
-        let sent =
-            tokio::time::timeout(settings.response_timeout, sender.try_send_request(req_now)).await;
+        let req_now = if h2 { to_h2(req_now) } else { req_now };
+        let sent = tokio::time::timeout(settings.response_timeout, async {
+            match &mut sender {
+                Sender::H1(s) => s.try_send_request(req_now).await,
+                Sender::H2(s) => s.try_send_request(req_now).await,
+            }
+        })
+        .await;
         let response = match sent {
             Err(_) => {
                 return text(
@@ -418,7 +435,7 @@ pub(crate) async fn handle(
                     lock_eject_if_refused(&inner, &route, &backend, &err);
                 }
                 if let Some(r) = unsent {
-                    request = Some(r);
+                    request = Some(if h2 { from_h2(r) } else { r });
                     tried.push(backend);
                     continue;
                 }
@@ -485,9 +502,51 @@ fn lock_eject_if_refused(
     }
 }
 
+/// A connection to a task: an HTTP/1.1 one of the pool, or the task's
+/// shared HTTP/2 one.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<ProxyBody>),
+    H2(hyper::client::conn::http2::SendRequest<ProxyBody>),
+}
+
+/// A request as HTTP/2 sends it: the host moves into the URI
+/// (`:authority`), the version says HTTP/2.
+fn to_h2(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
+    let host = req
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        .unwrap_or_else(|| "localhost".into());
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = format!("http://{host}{pq}").parse::<Uri>() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+    req
+}
+
+/// The reverse of [`to_h2`], for a request handed back unsent (it may be
+/// tried on a task of the same route, which speaks HTTP/2 too, but the
+/// same shape is kept for every attempt).
+fn from_h2(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
+    if let Some(a) = req.uri().authority().map(|a| a.as_str().to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&a) {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *req.uri_mut() = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    *req.version_mut() = Version::HTTP_11;
+    req
+}
+
 fn finish(
     backend: &Arc<Backend>,
-    sender: hyper::client::conn::http1::SendRequest<ProxyBody>,
+    sender: Sender,
     mut response: Response<Incoming>,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -514,7 +573,9 @@ fn finish(
         drop(in_flight);
         return response.map(|b| b.boxed());
     }
-    backend.checkin(sender);
+    if let Sender::H1(sender) = sender {
+        backend.checkin(sender);
+    }
     strip_hop_by_hop(response.headers_mut(), false);
     response.map(|inner| {
         Tracked {

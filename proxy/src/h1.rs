@@ -265,6 +265,10 @@ pub(crate) fn prepare(
         };
     };
 
+    if found.backend_h2 {
+        // Sent to the task over HTTP/2: hyper's client (forward.rs).
+        return Prep::Fallback;
+    }
     if found.redirect_https && !client.tls {
         return Prep::Local {
             consumed,

@@ -139,8 +139,13 @@ impl Hysteresis {
 /// reported to the agent. Aborted when the backend is removed.
 pub(crate) async fn check_loop(inner: Arc<Inner>, route: Arc<Route>, b: Arc<Backend>) {
     loop {
-        let check = route.spec().check;
-        let result = probe(b.addr, &check).await;
+        let spec = route.spec();
+        let check = spec.check;
+        let result = if spec.backend_h2 {
+            probe_h2(b.addr, &check).await
+        } else {
+            probe(b.addr, &check).await
+        };
         let t = b.record(&result, &check);
         let reason = match &result {
             Ok(()) => format!("{} passed {} check(s)", check.path, check.healthy_threshold),
@@ -197,6 +202,48 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> 
         let conn = AbortOnDrop(tokio::spawn(async move {
             let _ = conn.await;
         }));
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| describe_hyper(&e))?;
+        drop(conn);
+        let code = response.status().as_u16();
+        if check.matcher.matches(code) {
+            Ok(())
+        } else {
+            Err(format!("{} returned {code}", check.path))
+        }
+    };
+    match tokio::time::timeout(check.timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timeout after {}", human(check.timeout))),
+    }
+}
+
+/// [`probe`] for a task that speaks HTTP/2 (prior knowledge, h2c).
+pub async fn probe_h2(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    let uri: Uri = format!("http://{addr}{}", check.path)
+        .parse()
+        .ok()
+        .filter(|_| check.path.starts_with('/'))
+        .ok_or_else(|| format!("{:?} is not a request path", check.path))?;
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| describe_io(&e))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| describe_hyper(&e))?;
+        let conn = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let request = Request::get(uri)
+            .header(USER_AGENT, "dockhand-health-check")
+            .header(ACCEPT, "*/*")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
         let response = sender
             .send_request(request)
             .await

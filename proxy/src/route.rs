@@ -38,6 +38,9 @@ pub struct RouteSpec {
     pub tls: Option<crate::tls::CertFiles>,
     /// Plain-HTTP requests get a redirect to HTTPS.
     pub redirect_https: bool,
+    /// The tasks speak HTTP/2 (prior knowledge): requests and health
+    /// checks go to them over HTTP/2 (gRPC servers).
+    pub backend_h2: bool,
 }
 
 impl Default for RouteSpec {
@@ -51,6 +54,7 @@ impl Default for RouteSpec {
             grace: Duration::ZERO,
             tls: None,
             redirect_https: false,
+            backend_h2: false,
         }
     }
 }
@@ -150,6 +154,7 @@ struct Entry {
     prefix: String,
     algorithm: Algorithm,
     redirect_https: bool,
+    backend_h2: bool,
     route: Arc<Route>,
 }
 
@@ -159,6 +164,8 @@ pub(crate) struct Matched<'a> {
     pub algorithm: Algorithm,
     /// Plain HTTP gets a redirect to HTTPS.
     pub redirect_https: bool,
+    /// Its tasks take HTTP/2.
+    pub backend_h2: bool,
 }
 
 impl Table {
@@ -179,6 +186,7 @@ impl Table {
                     prefix: spec.path_prefix.trim_end_matches('/').to_string(),
                     algorithm: spec.algorithm,
                     redirect_https: spec.redirect_https,
+                    backend_h2: spec.backend_h2,
                     route,
                 }
             })
@@ -212,6 +220,7 @@ impl Table {
             route: &e.route,
             algorithm: e.algorithm,
             redirect_https: e.redirect_https,
+            backend_h2: e.backend_h2,
         })
     }
 }

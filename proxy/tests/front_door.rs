@@ -252,8 +252,17 @@ struct Front {
 
 /// A proxy with a plain and a TLS listener, `routes` all to one healthy
 /// backend.
-async fn front(mut settings: Settings, certs: Option<Arc<Certs>>, routes: Vec<RouteSpec>) -> Front {
-    let (backend, protos) = backend().await;
+async fn front(settings: Settings, certs: Option<Arc<Certs>>, routes: Vec<RouteSpec>) -> Front {
+    front_with(settings, certs, routes, backend().await).await
+}
+
+/// [`front`] to the given backend.
+async fn front_with(
+    mut settings: Settings,
+    certs: Option<Arc<Certs>>,
+    routes: Vec<RouteSpec>,
+    (backend, protos): (SocketAddr, Protos),
+) -> Front {
     let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (plain_port, tls_port) = (
@@ -776,4 +785,94 @@ async fn https_routes_redirect_plain_http_and_requests_are_logged_and_counted() 
     assert_eq!(shop.by_class, [0, 1, 2, 0, 0]);
     assert_eq!(other.by_class, [0, 2, 0, 0, 0]);
     assert_eq!(other.latency[dockhand_proxy::LATENCY_BUCKETS.len()], 2);
+}
+
+/// A task that speaks only HTTP/2 (prior knowledge), as gRPC servers do:
+/// `/grpc` answers data then trailers, anything else its protocol.
+async fn h2_backend() -> (SocketAddr, Protos) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body: http_body_util::combinators::BoxBody<
+                            Bytes,
+                            std::convert::Infallible,
+                        > = if req.uri().path() == "/grpc" {
+                            let _ = req.into_body().collect().await;
+                            let mut t = hyper::HeaderMap::new();
+                            t.insert("grpc-status", "0".parse().unwrap());
+                            futures_stream(vec![
+                                Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02ok"))),
+                                Ok(Frame::trailers(t)),
+                            ])
+                            .boxed()
+                        } else {
+                            Full::new(Bytes::from(format!("{:?}\n", req.version()))).boxed()
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+            });
+        }
+    });
+    (addr, Arc::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_http2_tasks_carries_grpc_from_h2_and_http1_clients() {
+    let dir = Dir::new("tls-h2-task");
+    let (ca, default) = make_cert(&dir.0, "default", &["localhost"]);
+    let certs = Arc::new(Certs::new(Some(default)).unwrap());
+    // Healthy means the checks spoke HTTP/2 too: the task refuses HTTP/1.1.
+    let f = front_with(
+        Settings::default(),
+        Some(certs),
+        vec![RouteSpec {
+            backend_h2: true,
+            ..RouteSpec::default()
+        }],
+        h2_backend().await,
+    )
+    .await;
+    let tls = tls_connect(&connector(&[&ca], &[b"h2"]), f.tls)
+        .await
+        .unwrap();
+    let (send, _conn) = h2_client(tls).await;
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("https://localhost/grpc")
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
+        .unwrap();
+    let r = send.clone().send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got = r.into_body().collect().await.unwrap();
+    assert_eq!(got.trailers().expect("trailers")["grpc-status"], "0");
+    assert_eq!(&got.to_bytes()[..], b"\0\0\0\0\x02ok");
+    // Many streams at once share the task's one connection.
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let mut send = send.clone();
+        streams.push(tokio::spawn(async move {
+            let r = send.send_request(get("localhost", "/v")).await.unwrap();
+            r.into_body().collect().await.unwrap().to_bytes()
+        }));
+    }
+    for s in streams {
+        assert_eq!(&s.await.unwrap()[..], b"HTTP/2.0\n");
+    }
+    // An HTTP/1.1 client reaches the same task (over HTTP/2 behind).
+    let (code, version, body) = curl(s(&[&format!("http://127.0.0.1:{}/v", f.plain)])).await;
+    assert_eq!(
+        (code.as_str(), version.as_str(), body.as_str()),
+        ("200", "1.1", "HTTP/2.0")
+    );
 }
