@@ -428,10 +428,14 @@ async fn the_article_on_three_hosts_behind_an_elb() {
         "the agent exits 0 after draining: {status:?}\n{}",
         fourth.log()
     );
+    let log = fourth.log();
+    assert!(log.contains("drained: no task left here"), "{log}");
+    // The load balancer's check failed before the host's first task stopped.
+    let flipped = log.find("host draining: its health check answers 503");
+    let first_stop = log.find("stopping task");
     assert!(
-        fourth.log().contains("drained: no task left here"),
-        "{}",
-        fourth.log()
+        flipped.is_some() && first_stop.is_some() && flipped < first_stop,
+        "503 from the host health check must come before any task stops:\n{log}"
     );
     eprintln!("FIGURE leaving host: drained and exited {took:?} after the second SIGTERM");
     wait_service(

@@ -235,9 +235,16 @@ impl Proxy {
     /// HTTP/2 connections get GOAWAY (their clients reconnect, to another
     /// host behind the load balancer).
     pub fn set_draining(&self, draining: bool) {
-        self.inner
+        let was = self
+            .inner
             .draining
-            .store(draining, std::sync::atomic::Ordering::Release);
+            .swap(draining, std::sync::atomic::Ordering::AcqRel);
+        if draining && !was {
+            tracing::info!(
+                path = %self.inner.settings.health_path,
+                "host draining: its health check answers 503"
+            );
+        }
         self.inner.draining_tx.send_replace(draining);
     }
 
