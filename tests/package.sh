@@ -37,6 +37,7 @@ check "dpkg -i installs the package" dpkg -i "$deb"
 check "the user-data config is left as it was" \
   sh -c 'test "$(cat /etc/ecs/ecs.config)" = "$(printf "ECS_CLUSTER=my-ecs-cluster\nECS_RESERVED_MEMORY=128")"'
 for f in /usr/bin/dockhand /lib/systemd/system/dockhand-agent.service /lib/systemd/system/dockhand-proxy.socket \
+         /lib/systemd/system/dockhand-proxy-tls.socket \
          /usr/share/doc/dockhand/README.md /usr/share/doc/dockhand/configuration.md /usr/share/dockhand/user-data.sh; do
   check "installed $f" test -f "$f"
 done
@@ -56,8 +57,10 @@ check "the managed config is valid, readable by root only, and its secret is not
 rm -rf "$managed"
 check "the agent unit is enabled" test -L /etc/systemd/system/multi-user.target.wants/dockhand-agent.service
 check "the proxy socket is enabled" test -L /etc/systemd/system/sockets.target.wants/dockhand-proxy.socket
+check "the TLS socket is installed but left for the operator to enable" \
+  test ! -e /etc/systemd/system/sockets.target.wants/dockhand-proxy-tls.socket
 check "systemd-analyze verify accepts the units" \
-  sh -c 'out=$(systemd-analyze verify /lib/systemd/system/dockhand-agent.service /lib/systemd/system/dockhand-proxy.socket 2>&1); echo "$out"; ! echo "$out" | grep -i dockhand'
+  sh -c 'out=$(systemd-analyze verify /lib/systemd/system/dockhand-agent.service /lib/systemd/system/dockhand-proxy.socket /lib/systemd/system/dockhand-proxy-tls.socket 2>&1); echo "$out"; ! echo "$out" | grep -i dockhand'
 check "the unit runs config check first and stops restarting on exit 78" \
   sh -c 'grep -q "^ExecStartPre=/usr/bin/dockhand config check" /lib/systemd/system/dockhand-agent.service && grep -q "^RestartPreventExitStatus=78" /lib/systemd/system/dockhand-agent.service && grep -q "^Type=notify" /lib/systemd/system/dockhand-agent.service'
 check "the package depends on a Docker engine" \

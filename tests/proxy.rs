@@ -694,3 +694,43 @@ async fn the_agent_terminates_tls_speaks_h2_redirects_logs_and_reloads_on_sighup
     );
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_named_tls_is_a_tls_listener() {
+    let tls_port = support::free_port();
+    let scratch = std::env::temp_dir().join(format!("dockhand-it-tlsfd-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let (cert, key) = self_signed(&scratch, "cert", "DNS:localhost");
+    let mut agent = Agent::new(
+        "tlsfd",
+        &[
+            &format!("DOCKHAND_PROXY_TLS_CERT={cert}"),
+            &format!("DOCKHAND_PROXY_TLS_KEY={key}"),
+        ],
+    );
+    agent.start_socket_activated_tls(tls_port);
+    // systemd-socket-activate starts the program on the first connection.
+    let port = agent.proxy;
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    agent.write_service(routed_service("web", 1, &[], 1));
+    healthy_count(&agent, "web", 1).await;
+    let (ok, tail, body) = curl(&["--cacert", &cert, &format!("https://localhost:{tls_port}/")]);
+    assert!(
+        ok && tail == "200 2" && body.starts_with("Hello"),
+        "{tail} {body}\n{}",
+        agent.log()
+    );
+    let (ok, tail, _) = curl(&[&format!("http://127.0.0.1:{}/", agent.proxy)]);
+    assert!(
+        ok && tail == "200 1.1",
+        "the other socket stays plain: {tail}"
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -189,21 +189,32 @@ impl Agent {
     /// restarts a service: `LISTEN_PID` is cleared because it names the
     /// shell, not each agent.
     pub fn start_socket_activated(&mut self, runs: usize) {
+        self.start_activated(runs, None);
+    }
+
+    /// [`Agent::start_socket_activated`] once, with a second socket named
+    /// `tls` on `tls_port` (as `dockhand-proxy-tls.socket` passes it).
+    pub fn start_socket_activated_tls(&mut self, tls_port: u16) {
+        self.start_activated(1, Some(tls_port));
+    }
+
+    fn start_activated(&mut self, runs: usize, tls_port: Option<u16>) {
         assert!(self.child.is_none(), "agent already running");
         let log = self.open_log();
         let bin = env!("CARGO_BIN_EXE_dockhand");
         let one = format!("LISTEN_PID= {bin} agent --config {}", self.config.display());
         let script = vec![one; runs].join("; ");
+        let mut listens = vec!["-l".to_string(), format!("127.0.0.1:{}", self.proxy)];
+        if let Some(p) = tls_port {
+            listens.extend([
+                "-l".into(),
+                format!("127.0.0.1:{p}"),
+                "--fdname=http:tls".into(),
+            ]);
+        }
         let child = Command::new("systemd-socket-activate")
-            .args([
-                "-l",
-                &format!("127.0.0.1:{}", self.proxy),
-                "-E",
-                "RUST_BACKTRACE",
-                "sh",
-                "-c",
-                &script,
-            ])
+            .args(&listens)
+            .args(["-E", "RUST_BACKTRACE", "sh", "-c", &script])
             .stdout(Stdio::null())
             .stderr(log)
             .process_group(0)
