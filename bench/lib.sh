@@ -32,10 +32,10 @@ remove_bench_containers() {
   [ -z "$ids" ] || docker rm -f $ids >/dev/null
 }
 
-# wait_http URL SECONDS: until URL answers 200.
+# wait_http URL SECONDS [CURL ARGS...]: until URL answers 200.
 wait_http() {
   local deadline=$(( $(date +%s) + $2 ))
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1")" = 200 ]; do
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "${@:3}" "$1")" = 200 ]; do
     [ "$(date +%s)" -lt "$deadline" ] || { echo "timed out waiting for $1" >&2; return 1; }
     sleep 0.1
   done
@@ -58,4 +58,47 @@ errs = sum(int(x) for x in m.groups()) if m else 0
 total = int(re.search(r"(\d+) requests in", t).group(1))
 print(f"{rps:.0f} {p50:.2f} {p99:.2f} {non2xx} {errs} {total}")
 PY
+}
+
+# tls_test_cert DIR: a self-signed ECDSA P-256 certificate for localhost
+# (SAN DNS:localhost, IP:127.0.0.1), valid 2 days: DIR/cert.pem, DIR/key.pem
+# (PKCS#8) and DIR/combined.pem (certificate then key: HAProxy's `crt`).
+tls_test_cert() {
+  local out
+  mkdir -p "$1"
+  out=$(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$1/key.pem" -out "$1/cert.pem" 2>&1) || { echo "$out" >&2; return 1; }
+  cat "$1/cert.pem" "$1/key.pem" >"$1/combined.pem"
+  chmod 600 "$1/key.pem" "$1/combined.pem"
+}
+
+# wrk_no_resume DIR: builds DIR/wrk-no-resume.so, an LD_PRELOAD shim for a
+# wrk linked to libssl. wrk keeps one SSL object per connection slot and,
+# after `Connection: close`, reconnects with SSL_clear, which keeps the
+# session (its client cache is on): every handshake after the first is a
+# resumption. The shim drops that session before each handshake starts, so
+# each connection is a full handshake (certificate signature included).
+wrk_no_resume() {
+  cat >"$1/wrk-no-resume.c" <<'C'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+typedef struct ssl_st SSL;
+typedef struct ssl_session_st SSL_SESSION;
+int SSL_in_before(const SSL *s);
+int SSL_set_session(SSL *s, SSL_SESSION *session);
+int SSL_connect(SSL *s) {
+  static int (*real)(SSL *);
+  if (!real) real = (int (*)(SSL *))dlsym(RTLD_NEXT, "SSL_connect");
+  /* Only before the handshake: wrk calls SSL_connect again while it is in
+     progress (non-blocking sockets). */
+  if (SSL_in_before(s)) SSL_set_session(s, 0);
+  return real(s);
+}
+C
+  cc -shared -fPIC -O2 -o "$1/wrk-no-resume.so" "$1/wrk-no-resume.c" -ldl
+  case $(ldd "$(command -v wrk)" 2>/dev/null) in
+    *libssl*) ;;
+    *) log "warning: wrk is not linked to a shared libssl; the no-resumption shim has no effect" ;;
+  esac
 }
