@@ -185,6 +185,16 @@ impl FakeEngine {
         }
     }
 
+    /// Puts a container back to created-never-started: what an agent
+    /// stopped between its create and start calls leaves.
+    pub fn unstart(&self, id: &str) {
+        let mut s = self.lock();
+        if let Some(c) = s.containers.get_mut(id) {
+            c.state = RunState::Created;
+        }
+        Self::notify(&mut s);
+    }
+
     /// Removes a container behind the agent's back.
     pub fn vanish(&self, id: &str) {
         let mut s = self.lock();

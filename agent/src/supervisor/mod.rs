@@ -405,6 +405,8 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         if self.router.all_checked_once() || Instant::now() >= *deadline {
             if let Some((tx, _)) = self.ready.take() {
                 let _ = tx.send(());
+                // Routed services plan from now on (service.rs): at once.
+                self.wake_in(Duration::ZERO);
             }
         } else {
             self.wake_in(Duration::from_millis(50));

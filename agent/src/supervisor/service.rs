@@ -83,6 +83,14 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         };
         let spec = self.effective_spec(name, spec);
         self.route(&spec, tasks);
+        if !spec.load_balancers.is_empty() && self.ready.is_some() {
+            // Just started: the tasks found running have not had their
+            // first health check, so "not healthy" only means "not known
+            // yet". A plan now would stop serving tasks as unhealthy (and
+            // start others in their place); it waits for those checks
+            // (at most READY_WAIT).
+            return;
+        }
 
         let digest = spec.task_definition.digest();
         let revision = self

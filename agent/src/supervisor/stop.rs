@@ -90,6 +90,20 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         self.restart_in_place(tasks);
         let mut failed = Vec::new();
         for (id, rec, t) in self.tasks_wanting(DesiredStatus::Running, tasks) {
+            if t.failure_reason().is_none() && t.has_unstarted() {
+                // Created and never started, and no launch of this agent
+                // is running it: an agent stopped mid-launch left it, and
+                // nothing would ever start it. Replaced, not blamed on
+                // the revision.
+                failed.push((
+                    id.clone(),
+                    rec.service.clone(),
+                    "its launch was interrupted (containers created, never started: the agent stopped mid-launch); replaced, not counted as a failure".to_string(),
+                    None,
+                    true,
+                ));
+                continue;
+            }
             if let Some(mut reason) = t.failure_reason() {
                 let finished = t.failed_essential().and_then(|c| match c.state {
                     RunState::Exited { finished_at, .. } => finished_at,

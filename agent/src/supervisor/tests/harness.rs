@@ -31,6 +31,9 @@ struct RouterState {
     health: BTreeMap<String, bool>,
     /// Whether a new backend passes its checks at once.
     new_ones_fail: bool,
+    /// New backends stay unchecked (no health yet) until
+    /// [`FakeRouter::finish_checks`].
+    hold_checks: bool,
     drained: Vec<String>,
     events: Option<mpsc::UnboundedSender<HealthEvent>>,
     /// Drains are written into the engine's call log, so the order of
@@ -70,6 +73,29 @@ impl FakeRouter {
         }
     }
 
+    /// Backends registered from now on are not checked until
+    /// [`FakeRouter::finish_checks`] (a restarted agent's first checks).
+    pub fn hold_checks(&self) {
+        self.lock().hold_checks = true;
+    }
+
+    /// Every unchecked backend passes its first check.
+    pub fn finish_checks(&self) {
+        let pending: Vec<String> = {
+            let mut s = self.lock();
+            s.hold_checks = false;
+            let s = &*s;
+            s.backends
+                .keys()
+                .filter(|t| !s.health.contains_key(*t))
+                .cloned()
+                .collect()
+        };
+        for t in pending {
+            self.set_health(&t, true);
+        }
+    }
+
     pub fn drained(&self) -> Vec<String> {
         self.lock().drained.clone()
     }
@@ -103,6 +129,9 @@ impl Router for FakeRouter {
         }
         s.backends
             .insert(task.to_string(), (service.to_string(), addr, adopted));
+        if s.hold_checks {
+            return;
+        }
         let healthy = !s.new_ones_fail;
         s.health.insert(task.to_string(), healthy);
         if let Some(tx) = &s.events {
@@ -122,7 +151,8 @@ impl Router for FakeRouter {
         (self.task_health(task) == Some(false)).then(|| "/health returned 500 (fake)".into())
     }
     fn all_checked_once(&self) -> bool {
-        true
+        let s = self.lock();
+        s.backends.keys().all(|t| s.health.contains_key(t))
     }
     fn drain(&self, task: &str) -> Drain {
         let mut s = self.lock();

@@ -81,6 +81,58 @@ async fn a_restarted_agent_adopts_its_tasks_and_restarts_none() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_launch_an_agent_stop_interrupted_is_replaced_not_left_pending() {
+    let h = Harness::start().await;
+    h.deploy(routed("web", 2), 2).await;
+    let left = h.running("web")[0].clone();
+    // Stopped between create and start (SIGKILL): the next agent finds a
+    // created container nobody will start.
+    let mut h = h;
+    h.stop().await;
+    h.engine.unstart(&left.id);
+    let h = h.restart(DesiredState::Unknown).await;
+    h.set(vec![routed("web", 2)]);
+    h.wait(
+        LIMIT,
+        "two running tasks again, the interrupted one replaced",
+        |h| h.running("web").len() == 2 && h.running("web").iter().all(|c| c.id != left.id),
+    )
+    .await;
+    h.wait(LIMIT, "the interrupted task's container removed", |h| {
+        h.engine.containers().iter().all(|c| c.id != left.id)
+    })
+    .await;
+    let s = h.service_status("web").unwrap();
+    assert_eq!(s.consecutive_failures, 0, "not counted as a failure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_mid_rollout_stops_nothing_before_the_first_checks() {
+    let h = Harness::start().await;
+    h.deploy(routed("web", 2), 2).await;
+    let old: BTreeSet<String> = h.running_tasks("web");
+    // Restarted with a new revision desired; the adopted tasks' first
+    // checks have not answered yet.
+    let mut d = Desired::default();
+    let v2 = with_env(routed("web", 2), "V", "2");
+    d.services.insert("web".into(), v2);
+    let h = h.restart(DesiredState::Known(d)).await;
+    h.router.hold_checks();
+    h.idle(Duration::from_secs(1)).await;
+    assert!(
+        h.router.drained().is_empty(),
+        "nothing stopped before its check"
+    );
+    assert_eq!(h.running_tasks("web"), old, "and nothing started");
+    h.router.finish_checks();
+    h.wait(LIMIT, "the rollout to finish", |h| {
+        let now = h.running_tasks("web");
+        now.len() == 2 && now.is_disjoint(&old)
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_crashed_task_is_replaced_at_once_and_reported() {
     let h = Harness::start().await;
     h.deploy(service("web", 1), 1).await;
