@@ -188,12 +188,14 @@ struct Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::BoxError;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(crate::BoxError::from)
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -290,6 +292,7 @@ pub(crate) async fn handle(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     seen.route = Some(Arc::clone(&route));
     let upgrade = is_upgrade(req.headers());
+    let h2_client = req.version() == Version::HTTP_2;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let original_host = req.headers().get(HOST).cloned();
     let (mut parts, body) = req.into_parts();
@@ -331,6 +334,20 @@ pub(crate) async fn handle(
             parts.headers.insert(HOST, h);
         }
     }
+    if h2_client && !h2 && !trailers && body.is_end_stream() {
+        // The common HTTP/2 stream: on a raw task connection (raw.rs).
+        let mut backend = None;
+        let r = crate::raw::Raw {
+            route: &route,
+            algorithm,
+            request: crate::raw::request_bytes(&parts),
+            idempotent: idempotent(&parts.method),
+            head: parts.method == hyper::Method::HEAD,
+        };
+        let resp = crate::raw::forward(&inner, r, &mut backend).await;
+        seen.backend = backend;
+        return resp;
+    }
     // An idempotent request without a body may be sent again if its backend
     // fails mid-way (a task killed under load); keep what rebuilding it takes.
     let replay = (body.is_end_stream() && idempotent(&parts.method)).then(|| {
@@ -340,7 +357,10 @@ pub(crate) async fn handle(
             parts.headers.clone(),
         )
     });
-    let mut request = Some(Request::from_parts(parts, body.boxed()));
+    let mut request = Some(Request::from_parts(
+        parts,
+        body.map_err(crate::BoxError::from).boxed(),
+    ));
 
     let settings = &inner.settings;
     let mut tried: Vec<Arc<Backend>> = Vec::new();
@@ -571,7 +591,7 @@ fn finish(
         }
         strip_hop_by_hop(response.headers_mut(), true);
         drop(in_flight);
-        return response.map(|b| b.boxed());
+        return response.map(|b| b.map_err(crate::BoxError::from).boxed());
     }
     if let Sender::H1(sender) = sender {
         backend.checkin(sender);

@@ -409,36 +409,43 @@ pub(crate) struct RespHead {
 /// Response heads larger than this are the task's error (502).
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// Parses a task's response head and writes the client's version of it to
-/// `out` (hop-by-hop headers dropped; `Connection: close` added when
-/// `close_client`). `Ok(None)`: incomplete. `Err`: not HTTP, or framed in
-/// a way a proxy must not pass on.
-pub(crate) fn response(
-    buf: &[u8],
-    request_was_head: bool,
-    close_client: bool,
-    out: &mut Vec<u8>,
-) -> Result<Option<RespHead>, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
+/// How a response is framed, and the headers it names in `Connection`.
+struct Framing<'h> {
+    body: BodyEnd,
+    reusable: bool,
+    named: Option<Vec<&'h [u8]>>,
+}
+
+/// Parses a response head: `Ok(None)` when incomplete.
+fn parse_head<'b, 'h>(
+    buf: &'b [u8],
+    slots: &'h mut [httparse::Header<'b>],
+) -> Result<Option<(usize, httparse::Response<'h, 'b>)>, &'static str> {
+    let mut resp = httparse::Response::new(slots);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some((n, resp))),
         Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
-            return Err("response head too large")
+            Err("response head too large")
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
-        Err(_) => return Err("malformed response head"),
-    };
-    let (Some(version), Some(status)) = (resp.version, resp.code) else {
-        return Err("malformed response head");
-    };
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err("too many response headers"),
+        Err(_) => Err("malformed response head"),
+    }
+}
+
+/// The framing of a parsed response (RFC 9112 §6.3).
+fn framing<'b>(
+    version: u8,
+    status: u16,
+    headers: &[httparse::Header<'b>],
+    request_was_head: bool,
+) -> Result<Framing<'b>, &'static str> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut other_coding = false;
     let mut reusable = version == 1;
     let mut named: Option<Vec<&[u8]>> = None;
-    for h in resp.headers.iter() {
+    for h in headers {
         let n = h.name;
         if eq(n, "content-length") {
             match content_length(h.value) {
@@ -477,7 +484,49 @@ pub(crate) fn response(
         reusable = false;
         BodyEnd::Close
     };
-    let close_client = close_client || body == BodyEnd::Close;
+    Ok(Framing {
+        body,
+        reusable,
+        named,
+    })
+}
+
+/// Whether a response header is this hop's, not passed on. `keep_chunked`:
+/// the body is passed on with its chunked framing (HTTP/1.1 clients).
+fn hop_response_header(n: &str, keep_chunked: bool, named: &Option<Vec<&[u8]>>) -> bool {
+    (match n.len() {
+        2 => eq(n, "te"),
+        7 => eq(n, "trailer") || eq(n, "upgrade"),
+        10 => eq(n, "connection") || eq(n, "keep-alive"),
+        17 => eq(n, "transfer-encoding") && !keep_chunked,
+        16 => eq(n, "proxy-connection"),
+        18 => eq(n, "proxy-authenticate"),
+        19 => eq(n, "proxy-authorization"),
+        _ => false,
+    }) || named
+        .as_ref()
+        .is_some_and(|v| v.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes())))
+}
+
+/// Parses a task's response head and writes the client's version of it to
+/// `out` (hop-by-hop headers dropped; `Connection: close` added when
+/// `close_client`). `Ok(None)`: incomplete. `Err`: not HTTP, or framed in
+/// a way a proxy must not pass on.
+pub(crate) fn response(
+    buf: &[u8],
+    request_was_head: bool,
+    close_client: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<RespHead>, &'static str> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    let Some((len, resp)) = parse_head(buf, &mut slots)? else {
+        return Ok(None);
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err("malformed response head");
+    };
+    let f = framing(version, status, resp.headers, request_was_head)?;
+    let close_client = close_client || f.body == BodyEnd::Close;
 
     out.extend_from_slice(b"HTTP/1.1 ");
     write_u64(out, u64::from(status));
@@ -485,22 +534,9 @@ pub(crate) fn response(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        let n = h.name;
-        let drop = match n.len() {
-            2 => eq(n, "te"),
-            7 => eq(n, "trailer") || eq(n, "upgrade"),
-            10 => eq(n, "connection") || eq(n, "keep-alive"),
-            // The chunked framing is passed on as received.
-            17 => eq(n, "transfer-encoding") && body != BodyEnd::Chunked,
-            16 => eq(n, "proxy-connection"),
-            18 => eq(n, "proxy-authenticate"),
-            19 => eq(n, "proxy-authorization"),
-            _ => false,
-        } || named
-            .as_ref()
-            .is_some_and(|v| v.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes())));
-        if !drop {
-            out.extend_from_slice(n.as_bytes());
+        // The chunked framing is passed on as received.
+        if !hop_response_header(h.name, f.body == BodyEnd::Chunked, &f.named) {
+            out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
@@ -513,9 +549,45 @@ pub(crate) fn response(
     Ok(Some(RespHead {
         len,
         status,
-        body,
-        reusable,
+        body: f.body,
+        reusable: f.reusable,
     }))
+}
+
+/// [`response`] for a client that is not HTTP/1.1 (HTTP/2): the head as a
+/// status and header map, without the hop's headers or any framing.
+pub(crate) fn response_parts(
+    buf: &[u8],
+    request_was_head: bool,
+) -> Result<Option<(RespHead, hyper::HeaderMap)>, &'static str> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    let Some((len, resp)) = parse_head(buf, &mut slots)? else {
+        return Ok(None);
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err("malformed response head");
+    };
+    let f = framing(version, status, resp.headers, request_was_head)?;
+    let mut headers = hyper::HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        if hop_response_header(h.name, false, &f.named) {
+            continue;
+        }
+        let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| "invalid response header name")?;
+        let value = hyper::header::HeaderValue::from_bytes(h.value)
+            .map_err(|_| "invalid response header value")?;
+        headers.append(name, value);
+    }
+    Ok(Some((
+        RespHead {
+            len,
+            status,
+            body: f.body,
+            reusable: f.reusable,
+        },
+        headers,
+    )))
 }
 
 /// A short plain-text answer from the proxy itself.

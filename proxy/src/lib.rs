@@ -27,6 +27,7 @@ mod fast;
 mod forward;
 mod h1;
 mod health;
+mod raw;
 mod route;
 mod server;
 mod stats;
@@ -50,7 +51,10 @@ pub use stats::{AccessLog, RouteMetrics, LATENCY_BUCKETS};
 pub use tls::{CertFiles, Certs, POLL as TLS_POLL};
 
 /// The body type on both sides of the proxy: streamed, never buffered whole.
-pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Any error a body may end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Limits and timeouts, with the defaults documented in docs/proxy.md.
 #[derive(Debug, Clone, PartialEq, Eq)]

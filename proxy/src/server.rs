@@ -360,11 +360,11 @@ struct Observed {
 
 impl hyper::body::Body for Observed {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = crate::BoxError;
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, crate::BoxError>>> {
         let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(f))) = &r {
             if let Some(d) = f.data_ref() {

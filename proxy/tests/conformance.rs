@@ -545,3 +545,93 @@ async fn pooled_connections_the_task_closed_fail_no_request_and_repeat_none() {
         "each request reached the task once: {seen:?}"
     );
 }
+
+/// An HTTP/2 (h2c) client of a proxy in front of `backend`.
+async fn h2c_to(
+    backend: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let settings = Settings {
+        h2c: true,
+        ..Settings::default()
+    };
+    let port = serve_proxy(settings, backend, Duration::from_secs(5))
+        .await
+        .0;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// An HTTP/2 request's status, headers and body.
+async fn h2_get(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    method: &str,
+    path: &str,
+) -> (u16, hyper::HeaderMap, Bytes) {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://x{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let r = send.send_request(req).await.unwrap();
+    let (parts, body) = r.into_parts();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_framing_reaches_http2_clients_as_data() {
+    let (backend, seen) = raw_backend(Duration::from_secs(5)).await;
+    let mut h2 = h2c_to(backend).await;
+    // Chunked framing becomes DATA frames (and its hop headers go).
+    let (code, headers, body) = h2_get(&mut h2, "GET", "/chunked").await;
+    assert_eq!((code, &body[..]), (200, &b"hello world"[..]));
+    assert!(headers.get("transfer-encoding").is_none() && headers.get("trailer").is_none());
+    let (code, _, body) = h2_get(&mut h2, "GET", "/close").await;
+    assert_eq!((code, &body[..]), (200, &b"until close"[..]));
+    let (code, _, body) = h2_get(&mut h2, "GET", "/nocontent").await;
+    assert_eq!((code, body.len()), (204, 0));
+    let (code, _, body) = h2_get(&mut h2, "GET", "/early").await;
+    assert_eq!((code, &body[..]), (200, &b"final"[..]));
+    let (code, headers, body) = h2_get(&mut h2, "HEAD", "/").await;
+    assert_eq!(
+        (code, &headers["content-length"], body.len()),
+        (200, &"2".parse::<hyper::header::HeaderValue>().unwrap(), 0)
+    );
+    let (code, _, body) = h2_get(&mut h2, "GET", "/").await;
+    assert_eq!((code, &body[..]), (200, &b"ok"[..]));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "GET /chunked",
+            "GET /close",
+            "GET /nocontent",
+            "GET /early",
+            "HEAD /",
+            "GET /"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_on_stale_pooled_connections_fail_none() {
+    // As for HTTP/1.1 clients: every pooled connection is stale when used.
+    let (backend, seen) = raw_backend(Duration::from_millis(50)).await;
+    let mut h2 = h2c_to(backend).await;
+    for i in 0..10 {
+        let (code, _, body) = h2_get(&mut h2, "GET", &format!("/get{i}")).await;
+        assert_eq!((code, &body[..]), (200, &b"ok"[..]), "request {i}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(seen.lock().unwrap().len(), 10, "each sent once");
+}
