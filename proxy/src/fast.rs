@@ -14,7 +14,7 @@
 use crate::backend::{Backend, Upstream, UPSTREAM_BUF};
 use crate::forward::ClientInfo;
 use crate::h1::{self, BodyEnd, Chunked, Forward, Limits, Local, Prep};
-use crate::health::describe_io;
+use crate::upstream::{self, Deadline, Sent};
 use crate::Inner;
 use bytes::{Buf, BytesMut};
 use std::pin::Pin;
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// What a prior-knowledge HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -45,43 +45,6 @@ const HEAD_BUF: usize = 1024;
 /// On shutdown, how long an idle keep-alive connection may take to send
 /// one more request (answered with `Connection: close`).
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// A deadline kept with one timer per connection: moving it later costs a
-/// clock read, and the timer is re-armed only when it fires early.
-struct Deadline {
-    sleep: Pin<Box<Sleep>>,
-    armed: Instant,
-    at: Instant,
-}
-
-impl Deadline {
-    fn new(at: Instant) -> Deadline {
-        Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(at)),
-            armed: at,
-            at,
-        }
-    }
-
-    fn set(&mut self, at: Instant) {
-        self.at = at;
-        if at < self.armed {
-            self.sleep.as_mut().reset(at);
-            self.armed = at;
-        }
-    }
-
-    async fn passed(&mut self) {
-        loop {
-            self.sleep.as_mut().await;
-            if Instant::now() >= self.at {
-                return;
-            }
-            self.armed = self.at;
-            self.sleep.as_mut().reset(self.at);
-        }
-    }
-}
 
 /// Serves one client connection until it closes; on shutdown, in-flight
 /// work gets the grace period.
@@ -323,15 +286,6 @@ struct Outcome {
     backend: Option<Arc<Backend>>,
 }
 
-/// How an attempt to get a response head failed.
-enum Failed {
-    /// The task closed or reset the connection before a whole head.
-    Closed(Option<std::io::Error>),
-    /// What the task sent is not a response a proxy may pass on.
-    Bad(&'static str),
-    Timeout,
-}
-
 /// How passing a body on failed.
 enum RelayError {
     /// The client went away: nothing more to tell it.
@@ -359,176 +313,50 @@ impl Exchange<'_> {
         deadline: &mut Deadline,
     ) -> Outcome {
         let Exchange { inner, f, .. } = *self;
-        let settings = &inner.settings;
-        let mut tried: Vec<Arc<Backend>> = Vec::new();
-        let mut last_error = String::new();
-        let mut attempts = 0;
-        let mut stale_retry_left = true;
-        while attempts < 3 {
-            let Some(backend) = f.route.pick(f.algorithm, &tried).or_else(|| {
-                // Only one backend: a retry may reuse it on a new connection.
-                (!tried.is_empty())
-                    .then(|| f.route.pick(f.algorithm, &[]))
-                    .flatten()
-            }) else {
-                break;
-            };
-            let in_flight = backend.begin_request();
-            let (mut up, reused) = match backend
-                .checkout_raw(settings.connect_timeout, !f.idempotent)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    // Nothing was sent: safe to try elsewhere.
-                    let why = describe_io(&e);
-                    inner.eject(&f.route, &backend, &why);
-                    last_error = format!("connect to {}: {why}", backend.addr);
-                    tried.push(backend);
-                    attempts += 1;
-                    continue;
+        let close = self.close;
+        let request = upstream::Request {
+            route: &f.route,
+            algorithm: f.algorithm,
+            idempotent: f.idempotent,
+            bytes: self.request,
+            parse: |buf: &[u8]| {
+                answer.clear();
+                let head = h1::response(buf, f.head, close, answer)?;
+                Ok(head.map(|h| (h, ())))
+            },
+        };
+        let sent = upstream::forward(inner, request, deadline).await;
+        let (backend, mut up, head, in_flight) = match sent {
+            Sent::Answered {
+                backend,
+                up,
+                head,
+                in_flight,
+                ..
+            } => (backend, up, head, in_flight),
+            Sent::Failed {
+                status,
+                reason,
+                body,
+            } => return self.text(client, answer, status, reason, &body).await,
+        };
+        let close = close || head.body == BodyEnd::Close;
+        let relayed = relay(client, &mut up, head.body, answer).await;
+        drop(in_flight);
+        let (keep, bytes) = match relayed {
+            Ok(n) => {
+                if head.reusable {
+                    backend.checkin_raw(up);
                 }
-            };
-            let head = match self.send(&mut up, answer, deadline).await {
-                Ok(h) => h,
-                Err(Failed::Timeout) => {
-                    return self
-                        .text(
-                            client,
-                            answer,
-                            504,
-                            "Gateway Timeout",
-                            &format!(
-                                "dockhand: {} did not answer within {}s\n",
-                                f.route.service,
-                                settings.response_timeout.as_secs()
-                            ),
-                        )
-                        .await;
-                }
-                Err(Failed::Bad(why)) => {
-                    last_error = format!("{}: {why}", backend.addr);
-                    break;
-                }
-                Err(Failed::Closed(e)) => {
-                    if reused
-                        && stale_retry_left
-                        && e.as_ref()
-                            .is_none_or(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
-                    {
-                        // A pooled connection the task had closed (its
-                        // keep-alive timeout): the others likely are too.
-                        // Once per request, not counted as an attempt.
-                        stale_retry_left = false;
-                        backend.close_idle();
-                        if f.idempotent {
-                            continue;
-                        }
-                    }
-                    last_error = match &e {
-                        Some(e) => format!("{}: {}", backend.addr, describe_io(e)),
-                        None => format!("{}: connection closed before an answer", backend.addr),
-                    };
-                    if let Some(e) = &e {
-                        if !reused
-                            && matches!(
-                                e.kind(),
-                                std::io::ErrorKind::ConnectionRefused
-                                    | std::io::ErrorKind::ConnectionReset
-                            )
-                        {
-                            inner.eject(&f.route, &backend, &describe_io(e));
-                        }
-                    }
-                    tried.push(backend);
-                    attempts += 1;
-                    if f.idempotent {
-                        continue; // harmless to send again
-                    }
-                    // It may have reached the task: not retried.
-                    break;
-                }
-            };
-            let close = self.close || head.body == BodyEnd::Close;
-            let relayed = relay(client, &mut up, head.body, answer).await;
-            drop(in_flight);
-            let (keep, bytes) = match relayed {
-                Ok(n) => {
-                    if head.reusable {
-                        backend.checkin_raw(up);
-                    }
-                    (!close, n)
-                }
-                Err(RelayError::Client | RelayError::Task) => (false, 0),
-            };
-            return Outcome {
-                keep,
-                status: head.status,
-                bytes,
-                backend: Some(backend),
-            };
-        }
-        if tried.is_empty() && last_error.is_empty() {
-            let body = format!(
-                "dockhand: no healthy backend for service {}\n",
-                f.route.service
-            );
-            return self
-                .text(client, answer, 503, "Service Unavailable", &body)
-                .await;
-        }
-        let body = format!(
-            "dockhand: backend of service {} failed: {last_error}\n",
-            f.route.service
-        );
-        self.text(client, answer, 502, "Bad Gateway", &body).await
-    }
-
-    /// Sends the request and reads the final response head into `answer`
-    /// (interim 1xx answers are passed to nobody: the fast path never
-    /// sends `Expect`, and 103 hints are dropped).
-    async fn send(
-        &self,
-        up: &mut Upstream,
-        answer: &mut Vec<u8>,
-        deadline: &mut Deadline,
-    ) -> Result<h1::RespHead, Failed> {
-        if let Err(e) = up.stream.write_all(self.request).await {
-            return Err(match e.kind() {
-                // The task had closed this connection: the request was not read.
-                std::io::ErrorKind::BrokenPipe => Failed::Closed(None),
-                _ => Failed::Closed(Some(e)),
-            });
-        }
-        deadline.set(Instant::now() + self.inner.settings.response_timeout);
-        loop {
-            answer.clear();
-            match h1::response(&up.buf, self.f.head, self.close, answer) {
-                Ok(Some(h)) if h.status == 101 => return Err(Failed::Bad("unexpected 101")),
-                Ok(Some(h)) if h.status < 200 => {
-                    up.buf.advance(h.len);
-                    continue;
-                }
-                Ok(Some(h)) => {
-                    up.buf.advance(h.len);
-                    return Ok(h);
-                }
-                Ok(None) => {}
-                Err(why) => return Err(Failed::Bad(why)),
+                (!close, n)
             }
-            if up.buf.capacity() - up.buf.len() < 1024 {
-                up.buf.reserve(UPSTREAM_BUF);
-            }
-            tokio::select! {
-                biased;
-                r = up.stream.read_buf(&mut up.buf) => match r {
-                    Ok(0) if up.buf.is_empty() => return Err(Failed::Closed(None)),
-                    Ok(0) => return Err(Failed::Bad("connection closed in the response head")),
-                    Ok(_) => {}
-                    Err(e) => return Err(Failed::Closed(Some(e))),
-                },
-                () = deadline.passed() => return Err(Failed::Timeout),
-            }
+            Err(RelayError::Client | RelayError::Task) => (false, 0),
+        };
+        Outcome {
+            keep,
+            status: head.status,
+            bytes,
+            backend: Some(backend),
         }
     }
 

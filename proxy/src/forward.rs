@@ -348,12 +348,17 @@ pub(crate) async fn handle(
         seen.backend = backend;
         return resp;
     }
+    if h2 {
+        // The route's tasks speak HTTP/2: every attempt goes in that shape.
+        to_h2(&mut parts);
+    }
     // An idempotent request without a body may be sent again if its backend
     // fails mid-way (a task killed under load); keep what rebuilding it takes.
     let replay = (body.is_end_stream() && idempotent(&parts.method)).then(|| {
         (
             parts.method.clone(),
             parts.uri.clone(),
+            parts.version,
             parts.headers.clone(),
         )
     });
@@ -377,7 +382,7 @@ pub(crate) async fn handle(
         // The request is here if no earlier attempt sent it, or rebuilt if
         // sending it again is safe.
         let Some(req_now) = request.take().or_else(|| {
-            replay.as_ref().map(|(method, uri, headers)| {
+            replay.as_ref().map(|(method, uri, version, headers)| {
                 let mut r = Request::new(
                     Full::new(Bytes::new())
                         .map_err(|never| match never {})
@@ -385,6 +390,7 @@ pub(crate) async fn handle(
                 );
                 *r.method_mut() = method.clone();
                 *r.uri_mut() = uri.clone();
+                *r.version_mut() = *version;
                 *r.headers_mut() = headers.clone();
                 r
             })
@@ -415,7 +421,6 @@ pub(crate) async fn handle(
                 continue;
             }
         };
-        let req_now = if h2 { to_h2(req_now) } else { req_now };
         let sent = tokio::time::timeout(settings.response_timeout, async {
             match &mut sender {
                 Sender::H1(s) => s.try_send_request(req_now).await,
@@ -455,7 +460,7 @@ pub(crate) async fn handle(
                     lock_eject_if_refused(&inner, &route, &backend, &err);
                 }
                 if let Some(r) = unsent {
-                    request = Some(if h2 { from_h2(r) } else { r });
+                    request = Some(r);
                     tried.push(backend);
                     continue;
                 }
@@ -531,37 +536,17 @@ enum Sender {
 
 /// A request as HTTP/2 sends it: the host moves into the URI
 /// (`:authority`), the version says HTTP/2.
-fn to_h2(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
-    let host = req
-        .headers_mut()
+fn to_h2(parts: &mut hyper::http::request::Parts) {
+    let host = parts
+        .headers
         .remove(HOST)
         .and_then(|h| h.to_str().ok().map(str::to_string))
         .unwrap_or_else(|| "localhost".into());
-    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     if let Ok(uri) = format!("http://{host}{pq}").parse::<Uri>() {
-        *req.uri_mut() = uri;
+        parts.uri = uri;
     }
-    *req.version_mut() = Version::HTTP_2;
-    req
-}
-
-/// The reverse of [`to_h2`], for a request handed back unsent (it may be
-/// tried on a task of the same route, which speaks HTTP/2 too, but the
-/// same shape is kept for every attempt).
-fn from_h2(mut req: Request<ProxyBody>) -> Request<ProxyBody> {
-    if let Some(a) = req.uri().authority().map(|a| a.as_str().to_string()) {
-        if let Ok(v) = HeaderValue::from_str(&a) {
-            req.headers_mut().insert(HOST, v);
-        }
-    }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    *req.uri_mut() = pq.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
-    *req.version_mut() = Version::HTTP_11;
-    req
+    parts.version = Version::HTTP_2;
 }
 
 fn finish(

@@ -508,16 +508,21 @@ fn hop_response_header(n: &str, keep_chunked: bool, named: &Option<Vec<&[u8]>>) 
         .is_some_and(|v| v.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes())))
 }
 
-/// Parses a task's response head and writes the client's version of it to
-/// `out` (hop-by-hop headers dropped; `Connection: close` added when
-/// `close_client`). `Ok(None)`: incomplete. `Err`: not HTTP, or framed in
-/// a way a proxy must not pass on.
-pub(crate) fn response(
+/// Parses a task's response head and hands `pass` the head, its reason
+/// phrase and the headers to pass on (the hop's own dropped; with
+/// `http1_client`, a chunked body keeps its `Transfer-Encoding`, since its
+/// framing is passed on as received). `Ok(None)`: incomplete. `Err`: not
+/// HTTP, or framed in a way a proxy must not pass on.
+fn with_head<T>(
     buf: &[u8],
     request_was_head: bool,
-    close_client: bool,
-    out: &mut Vec<u8>,
-) -> Result<Option<RespHead>, &'static str> {
+    http1_client: bool,
+    pass: impl FnOnce(
+        &RespHead,
+        &str,
+        &mut dyn Iterator<Item = &httparse::Header<'_>>,
+    ) -> Result<T, &'static str>,
+) -> Result<Option<(RespHead, T)>, &'static str> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
     let Some((len, resp)) = parse_head(buf, &mut slots)? else {
         return Ok(None);
@@ -526,32 +531,49 @@ pub(crate) fn response(
         return Err("malformed response head");
     };
     let f = framing(version, status, resp.headers, request_was_head)?;
-    let close_client = close_client || f.body == BodyEnd::Close;
+    let head = RespHead {
+        len,
+        status,
+        body: f.body,
+        reusable: f.reusable,
+    };
+    let keep_chunked = http1_client && f.body == BodyEnd::Chunked;
+    let mut headers = resp
+        .headers
+        .iter()
+        .filter(|h| !hop_response_header(h.name, keep_chunked, &f.named));
+    let kept = pass(&head, resp.reason.unwrap_or(""), &mut headers)?;
+    Ok(Some((head, kept)))
+}
 
-    out.extend_from_slice(b"HTTP/1.1 ");
-    write_u64(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        // The chunked framing is passed on as received.
-        if !hop_response_header(h.name, f.body == BodyEnd::Chunked, &f.named) {
+/// Parses a task's response head and writes the client's version of it to
+/// `out` (hop-by-hop headers dropped; `Connection: close` added when
+/// `close_client`), as [`with_head`].
+pub(crate) fn response(
+    buf: &[u8],
+    request_was_head: bool,
+    close_client: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<RespHead>, &'static str> {
+    let parsed = with_head(buf, request_was_head, true, |head, reason, headers| {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        write_u64(out, u64::from(head.status));
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in headers {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
-    }
-    if close_client {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(Some(RespHead {
-        len,
-        status,
-        body: f.body,
-        reusable: f.reusable,
-    }))
+        if close_client || head.body == BodyEnd::Close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(())
+    })?;
+    Ok(parsed.map(|(head, ())| head))
 }
 
 /// [`response`] for a client that is not HTTP/1.1 (HTTP/2): the head as a
@@ -560,34 +582,17 @@ pub(crate) fn response_parts(
     buf: &[u8],
     request_was_head: bool,
 ) -> Result<Option<(RespHead, hyper::HeaderMap)>, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
-    let Some((len, resp)) = parse_head(buf, &mut slots)? else {
-        return Ok(None);
-    };
-    let (Some(version), Some(status)) = (resp.version, resp.code) else {
-        return Err("malformed response head");
-    };
-    let f = framing(version, status, resp.headers, request_was_head)?;
-    let mut headers = hyper::HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        if hop_response_header(h.name, false, &f.named) {
-            continue;
+    with_head(buf, request_was_head, false, |_, _, headers| {
+        let mut map = hyper::HeaderMap::new();
+        for h in headers {
+            let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| "invalid response header name")?;
+            let value = hyper::header::HeaderValue::from_bytes(h.value)
+                .map_err(|_| "invalid response header value")?;
+            map.append(name, value);
         }
-        let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| "invalid response header name")?;
-        let value = hyper::header::HeaderValue::from_bytes(h.value)
-            .map_err(|_| "invalid response header value")?;
-        headers.append(name, value);
-    }
-    Ok(Some((
-        RespHead {
-            len,
-            status,
-            body: f.body,
-            reusable: f.reusable,
-        },
-        headers,
-    )))
+        Ok(map)
+    })
 }
 
 /// A short plain-text answer from the proxy itself.

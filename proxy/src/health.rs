@@ -141,11 +141,7 @@ pub(crate) async fn check_loop(inner: Arc<Inner>, route: Arc<Route>, b: Arc<Back
     loop {
         let spec = route.spec();
         let check = spec.check;
-        let result = if spec.backend_h2 {
-            probe_h2(b.addr, &check).await
-        } else {
-            probe(b.addr, &check).await
-        };
+        let result = probe(b.addr, &check, spec.backend_h2).await;
         let t = b.record(&result, &check);
         let reason = match &result {
             Ok(()) => format!("{} passed {} check(s)", check.path, check.healthy_threshold),
@@ -166,14 +162,16 @@ pub(crate) async fn check_loop(inner: Arc<Inner>, route: Arc<Route>, b: Arc<Back
     }
 }
 
-/// Runs one check: `GET path` on a new connection, within the timeout.
-/// `Ok(())` when the status matches; otherwise a reason an operator reads
-/// (`/health returned 500`, `timeout after 2s`, `connection refused`).
+/// Runs one check: `GET path` on a new connection, within the timeout,
+/// over HTTP/1.1 or (`http2`, a task that speaks only HTTP/2) prior-knowledge
+/// HTTP/2. `Ok(())` when the status matches; otherwise a reason an operator
+/// reads (`/health returned 500`, `timeout after 2s`, `connection refused`).
 ///
 /// The request is built with hyper's client from a parsed URI, never by
 /// pasting the path into text: a path that is not a valid request target
 /// fails the check instead of reaching the task.
-pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+pub async fn probe(addr: SocketAddr, check: &HealthCheck, http2: bool) -> Result<(), String> {
+    let not_a_path = || format!("{:?} is not a request path", check.path);
     let uri: Uri = check
         .path
         .parse()
@@ -181,75 +179,50 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> 
         .filter(|u: &Uri| {
             u.scheme().is_none() && u.authority().is_none() && check.path.starts_with('/')
         })
-        .ok_or_else(|| format!("{:?} is not a request path", check.path))?;
+        .ok_or_else(not_a_path)?;
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| describe_io(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
         let request = Request::get(uri)
-            .header(HOST, addr.to_string())
             .header(USER_AGENT, "dockhand-health-check")
-            .header(ACCEPT, "*/*")
-            .header(CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .header(ACCEPT, "*/*");
         // The connection runs beside the request; the status line is all a
         // check needs, and the connection is closed (aborted) as soon as the
         // head has arrived or the check gives up.
-        let conn = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| describe_hyper(&e))?;
-        drop(conn);
-        let code = response.status().as_u16();
-        if check.matcher.matches(code) {
-            Ok(())
+        let sent = if http2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| describe_hyper(&e))?;
+            let _conn = AbortOnDrop(tokio::spawn(async move {
+                let _ = conn.await;
+            }));
+            // HTTP/2 names the host in the URI (`:authority`).
+            let uri = format!("http://{addr}{}", check.path)
+                .parse::<Uri>()
+                .map_err(|_| not_a_path())?;
+            let request = request
+                .uri(uri)
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            sender.send_request(request).await
         } else {
-            Err(format!("{} returned {code}", check.path))
-        }
-    };
-    match tokio::time::timeout(check.timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("timeout after {}", human(check.timeout))),
-    }
-}
-
-/// [`probe`] for a task that speaks HTTP/2 (prior knowledge, h2c).
-pub async fn probe_h2(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
-    let uri: Uri = format!("http://{addr}{}", check.path)
-        .parse()
-        .ok()
-        .filter(|_| check.path.starts_with('/'))
-        .ok_or_else(|| format!("{:?} is not a request path", check.path))?;
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| describe_io(&e))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake(TokioIo::new(stream))
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
-                .map_err(|e| describe_hyper(&e))?;
-        let conn = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        let request = Request::get(uri)
-            .header(USER_AGENT, "dockhand-health-check")
-            .header(ACCEPT, "*/*")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| describe_hyper(&e))?;
-        drop(conn);
-        let code = response.status().as_u16();
+                .map_err(|e| e.to_string())?;
+            let _conn = AbortOnDrop(tokio::spawn(async move {
+                let _ = conn.await;
+            }));
+            let request = request
+                .header(HOST, addr.to_string())
+                .header(CONNECTION, "close")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            sender.send_request(request).await
+        };
+        let code = sent.map_err(|e| describe_hyper(&e))?.status().as_u16();
         if check.matcher.matches(code) {
             Ok(())
         } else {
@@ -366,7 +339,7 @@ mod tests {
             }
         });
         assert_eq!(
-            probe(addr, &check).await,
+            probe(addr, &check, false).await,
             Err("/health returned 500".into())
         );
 
@@ -376,7 +349,10 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        assert_eq!(probe(gone, &check).await, Err("connection refused".into()));
+        assert_eq!(
+            probe(gone, &check, false).await,
+            Err("connection refused".into())
+        );
 
         // Accepts and never answers.
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -388,7 +364,7 @@ mod tests {
             }
         });
         assert_eq!(
-            probe(silent_addr, &check).await,
+            probe(silent_addr, &check, false).await,
             Err("timeout after 300ms".into())
         );
     }
@@ -412,7 +388,7 @@ mod tests {
             path: "/a HTTP/1.1\r\nHost: x\r\n\r\nPOST /admin".into(),
             ..HealthCheck::default()
         };
-        let r = probe(addr, &check).await;
+        let r = probe(addr, &check, false).await;
         assert!(r.unwrap_err().contains("is not a request path"));
         assert!(seen.await.unwrap().is_empty(), "nothing was sent");
     }

@@ -33,6 +33,7 @@ mod server;
 mod stats;
 mod sync;
 mod tls;
+mod upstream;
 
 use backend::Backend;
 use bytes::Bytes;

@@ -14,8 +14,8 @@
 use crate::backend::{Backend, InFlight, Upstream, UPSTREAM_BUF};
 use crate::forward::text;
 use crate::h1::{BodyEnd, Chunked};
-use crate::health::describe_io;
 use crate::route::{Algorithm, Route};
+use crate::upstream::{self, Deadline, Sent};
 use crate::{BoxError, Inner, ProxyBody};
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
@@ -24,7 +24,7 @@ use hyper::{Response, StatusCode};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
 /// The largest read of a body.
 const MAX_READ: usize = 64 * 1024;
@@ -49,57 +49,6 @@ pub(crate) fn request_bytes(parts: &hyper::http::request::Parts) -> Vec<u8> {
     out
 }
 
-/// How getting an answer's head failed.
-enum Failed {
-    /// Closed or reset before a whole head.
-    Closed(Option<std::io::Error>),
-    Bad(&'static str),
-    Timeout,
-}
-
-/// Sends `request` and reads the final answer's head.
-async fn exchange(
-    up: &mut Upstream,
-    request: &[u8],
-    head: bool,
-    timeout: std::time::Duration,
-) -> Result<(crate::h1::RespHead, hyper::HeaderMap), Failed> {
-    use tokio::io::AsyncReadExt;
-    if let Err(e) = up.stream.write_all(request).await {
-        return Err(match e.kind() {
-            std::io::ErrorKind::BrokenPipe => Failed::Closed(None),
-            _ => Failed::Closed(Some(e)),
-        });
-    }
-    let read = async {
-        loop {
-            match crate::h1::response_parts(&up.buf, head) {
-                Ok(Some((h, _))) if h.status == 101 => return Err(Failed::Bad("unexpected 101")),
-                Ok(Some((h, _))) if h.status < 200 => up.buf.advance(h.len),
-                Ok(Some((h, map))) => {
-                    up.buf.advance(h.len);
-                    return Ok((h, map));
-                }
-                Ok(None) => {
-                    if up.buf.capacity() - up.buf.len() < 1024 {
-                        up.buf.reserve(UPSTREAM_BUF);
-                    }
-                    match up.stream.read_buf(&mut up.buf).await {
-                        Ok(0) if up.buf.is_empty() => return Err(Failed::Closed(None)),
-                        Ok(0) => return Err(Failed::Bad("connection closed in the response head")),
-                        Ok(_) => {}
-                        Err(e) => return Err(Failed::Closed(Some(e))),
-                    }
-                }
-                Err(why) => return Err(Failed::Bad(why)),
-            }
-        }
-    };
-    tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or(Err(Failed::Timeout))
-}
-
 /// What [`forward`] needs of the request.
 pub(crate) struct Raw<'a> {
     pub route: &'a Arc<Route>,
@@ -116,121 +65,46 @@ pub(crate) async fn forward(
     r: Raw<'_>,
     seen: &mut Option<Arc<Backend>>,
 ) -> Response<ProxyBody> {
-    let settings = &inner.settings;
-    let mut tried: Vec<Arc<Backend>> = Vec::new();
-    let mut last_error = String::new();
-    let mut attempts = 0;
-    let mut stale_retry_left = true;
-    while attempts < 3 {
-        let Some(backend) = r.route.pick(r.algorithm, &tried).or_else(|| {
-            (!tried.is_empty())
-                .then(|| r.route.pick(r.algorithm, &[]))
-                .flatten()
-        }) else {
-            break;
-        };
-        let in_flight = backend.begin_request();
-        let (mut up, reused) = match backend
-            .checkout_raw(settings.connect_timeout, !r.idempotent)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                let why = describe_io(&e);
-                inner.eject(r.route, &backend, &why);
-                last_error = format!("connect to {}: {why}", backend.addr);
-                tried.push(backend);
-                attempts += 1;
-                continue;
-            }
-        };
-        match exchange(&mut up, &r.request, r.head, settings.response_timeout).await {
-            Ok((h, headers)) => {
-                *seen = Some(Arc::clone(&backend));
-                let mut resp = Response::new(
-                    RawBody {
-                        up: Some(up),
-                        end: h.body,
-                        chunked: Chunked::new(),
-                        reusable: h.reusable,
-                        backend,
-                        in_flight: Some(in_flight),
-                    }
-                    .boxed(),
-                );
-                *resp.status_mut() =
-                    StatusCode::from_u16(h.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                *resp.headers_mut() = headers;
-                return resp;
-            }
-            Err(Failed::Timeout) => {
-                return text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "dockhand: {} did not answer within {}s\n",
-                        r.route.service,
-                        settings.response_timeout.as_secs()
-                    ),
-                )
-            }
-            Err(Failed::Bad(why)) => {
-                last_error = format!("{}: {why}", backend.addr);
-                break;
-            }
-            Err(Failed::Closed(e)) => {
-                if reused
-                    && stale_retry_left
-                    && e.as_ref()
-                        .is_none_or(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
-                {
-                    // A pooled connection the task had closed: once per
-                    // request, not counted as an attempt.
-                    stale_retry_left = false;
-                    backend.close_idle();
-                    if r.idempotent {
-                        continue;
-                    }
+    let timeout = Instant::now() + inner.settings.response_timeout;
+    let mut deadline = Deadline::new(timeout);
+    let request = upstream::Request {
+        route: r.route,
+        algorithm: r.algorithm,
+        idempotent: r.idempotent,
+        bytes: &r.request,
+        parse: |buf: &[u8]| crate::h1::response_parts(buf, r.head),
+    };
+    let sent = upstream::forward(inner, request, &mut deadline).await;
+    match sent {
+        Sent::Answered {
+            backend,
+            up,
+            head,
+            kept: headers,
+            in_flight,
+        } => {
+            *seen = Some(Arc::clone(&backend));
+            let mut resp = Response::new(
+                RawBody {
+                    up: Some(up),
+                    end: head.body,
+                    chunked: Chunked::new(),
+                    reusable: head.reusable,
+                    backend,
+                    in_flight: Some(in_flight),
                 }
-                last_error = match &e {
-                    Some(e) => format!("{}: {}", backend.addr, describe_io(e)),
-                    None => format!("{}: connection closed before an answer", backend.addr),
-                };
-                if let Some(e) = &e {
-                    if !reused
-                        && matches!(
-                            e.kind(),
-                            std::io::ErrorKind::ConnectionRefused
-                                | std::io::ErrorKind::ConnectionReset
-                        )
-                    {
-                        inner.eject(r.route, &backend, &describe_io(e));
-                    }
-                }
-                tried.push(backend);
-                attempts += 1;
-                if r.idempotent {
-                    continue;
-                }
-                break;
-            }
+                .boxed(),
+            );
+            *resp.status_mut() =
+                StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            *resp.headers_mut() = headers;
+            resp
         }
-    }
-    if tried.is_empty() && last_error.is_empty() {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "dockhand: no healthy backend for service {}\n",
-                r.route.service
-            ),
-        );
-    }
-    text(
-        StatusCode::BAD_GATEWAY,
-        format!(
-            "dockhand: backend of service {} failed: {last_error}\n",
-            r.route.service
+        Sent::Failed { status, body, .. } => text(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            body,
         ),
-    )
+    }
 }
 
 /// An answer's body, read from the task connection as it is polled; the
