@@ -144,46 +144,35 @@ async fn run<S: Client>(
                 let started = Instant::now();
                 let close = close || closing.load(Ordering::Acquire);
                 answer.clear();
-                let (status, body) = match &local {
-                    Local::HostHealth if inner.draining.load(Ordering::Acquire) => {
-                        (503, "draining\n".len())
+                let draining = inner.draining.load(Ordering::Acquire);
+                let (status, body, route) = match local {
+                    Local::HostHealth => {
+                        let (status, reason, body) = if draining {
+                            (503, "Service Unavailable", "draining\n")
+                        } else {
+                            (200, "OK", "ok\n")
+                        };
+                        h1::text(&mut answer, status, reason, body, close);
+                        (status, body.len(), None)
                     }
-                    Local::HostHealth => (200, "ok\n".len()),
-                    Local::Redirect { .. } => (308, 0),
-                    Local::NoRoute { .. } => (404, 0),
+                    Local::Redirect { location, route } => {
+                        h1::redirect(&mut answer, &location, close);
+                        (308, 0, Some(route))
+                    }
+                    Local::NoRoute { host, path } => {
+                        let body =
+                            format!("dockhand: no route for host {host:?} and path {path:?}\n");
+                        h1::text(&mut answer, 404, "Not Found", &body, close);
+                        (404, body.len(), None)
+                    }
                 };
-                let route = match &local {
-                    Local::Redirect { route, .. } => Some(Arc::clone(route)),
-                    _ => None,
-                };
-                match local {
-                    Local::HostHealth if inner.draining.load(Ordering::Acquire) => {
-                        h1::text(&mut answer, 503, "Service Unavailable", "draining\n", close)
-                    }
-                    Local::HostHealth => h1::text(&mut answer, 200, "OK", "ok\n", close),
-                    Local::Redirect { ref location, .. } => {
-                        h1::redirect(&mut answer, location, close)
-                    }
-                    Local::NoRoute { host, path } => h1::text(
-                        &mut answer,
-                        404,
-                        "Not Found",
-                        &format!("dockhand: no route for host {host:?} and path {path:?}\n"),
-                        close,
-                    ),
-                }
                 let sent = stream.write_all(&answer).await.is_ok() && stream.flush().await.is_ok();
-                let body = if status == 404 {
-                    answer.len() as u64
-                } else {
-                    body as u64
-                };
                 let head = &cbuf[..consumed];
                 let local = LocalAnswer {
                     client: &client,
                     started,
                     status,
-                    bytes: body,
+                    bytes: body as u64,
                     route: route.as_deref(),
                 };
                 local.record(inner.log(), head);

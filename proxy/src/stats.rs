@@ -120,25 +120,18 @@ pub(crate) struct Log {
 impl Log {
     /// Starts the writer for `dest` (not [`AccessLog::Off`]).
     pub(crate) fn start(dest: &AccessLog) -> Option<Log> {
+        let path = match dest {
+            AccessLog::Off => return None,
+            AccessLog::Stdout => None,
+            AccessLog::File(path) => Some(path.clone()),
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         let reopen = Arc::new(AtomicBool::new(false));
-        match dest {
-            AccessLog::Off => return None,
-            AccessLog::Stdout => {
-                std::thread::Builder::new()
-                    .name("access-log".into())
-                    .spawn(move || write_loop(rx, None, Arc::new(AtomicBool::new(false))))
-                    .ok()?;
-            }
-            AccessLog::File(path) => {
-                let path = path.clone();
-                let again = Arc::clone(&reopen);
-                std::thread::Builder::new()
-                    .name("access-log".into())
-                    .spawn(move || write_loop(rx, Some(path), again))
-                    .ok()?;
-            }
-        }
+        let again = Arc::clone(&reopen);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(rx, path, again))
+            .ok()?;
         Some(Log {
             tx,
             dropped: AtomicU64::new(0),
@@ -150,8 +143,8 @@ impl Log {
         self.reopen.store(true, Ordering::Release);
     }
 
-    fn send(&self, r: &Record<'_>) {
-        let line = format_line(r, std::time::SystemTime::now());
+    fn send(&self, r: &Record<'_>, took: std::time::Duration) {
+        let line = format_line(r, took, std::time::SystemTime::now());
         if self.tx.try_send(line).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -202,8 +195,7 @@ fn write_loop(mut rx: mpsc::Receiver<Vec<u8>>, path: Option<PathBuf>, reopen: Ar
 }
 
 /// One JSON object per line.
-fn format_line(r: &Record<'_>, now: std::time::SystemTime) -> Vec<u8> {
-    let took = r.started.elapsed();
+fn format_line(r: &Record<'_>, took: std::time::Duration, now: std::time::SystemTime) -> Vec<u8> {
     let v = serde_json::json!({
         "time": humantime::format_rfc3339_millis(now).to_string(),
         "client": r.client.to_string(),
@@ -227,11 +219,12 @@ fn format_line(r: &Record<'_>, now: std::time::SystemTime) -> Vec<u8> {
 /// Counts a finished request on its route and logs it when the access
 /// log is on.
 pub(crate) fn record(log: Option<&Log>, r: &Record<'_>) {
+    let took = r.started.elapsed();
     if let Some(route) = r.route {
-        route.stats.add(r.status, r.started.elapsed());
+        route.stats.add(r.status, took);
     }
     if let Some(log) = log {
-        log.send(r);
+        log.send(r, took);
     }
 }
 
@@ -271,7 +264,11 @@ mod tests {
             route: Some(&route),
             task: Some("task-1"),
         };
-        let line = format_line(&r, std::time::UNIX_EPOCH);
+        let line = format_line(
+            &r,
+            std::time::Duration::from_micros(1870),
+            std::time::UNIX_EPOCH,
+        );
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
@@ -283,5 +280,6 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes"], 1234);
         assert_eq!(v["proto"], "HTTP/2");
+        assert_eq!(v["duration_ms"], 1.87);
     }
 }

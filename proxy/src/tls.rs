@@ -142,9 +142,6 @@ impl Certs {
     /// its certificate is a configuration error, found at start.
     pub fn new(default: Option<CertFiles>) -> Result<Certs, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        if let Some(d) = &default {
-            load(d, &provider)?;
-        }
         let certs = Certs {
             provider,
             wanted: Mutex::new(Wanted {
@@ -154,8 +151,11 @@ impl Certs {
             loaded: Mutex::new(HashMap::new()),
             lookup: RwLock::new(Arc::new(Lookup::default())),
         };
-        certs.refresh(false);
-        Ok(certs)
+        // Only the default is wanted yet: any failure is its.
+        match certs.refresh(false, true).into_iter().next() {
+            Some(why) => Err(why),
+            None => Ok(certs),
+        }
     }
 
     /// The routes' certificates changed: `(hosts, pair)` per route.
@@ -167,26 +167,30 @@ impl Certs {
             }
             w.routes = routes;
         }
-        self.refresh(false);
+        self.refresh(false, true);
     }
 
     /// Reads every file again (SIGHUP).
     pub fn reload(&self) {
-        self.refresh(true);
+        self.refresh(true, true);
     }
 
-    /// Loads pairs whose files changed (all of them with `force`) and
-    /// rebuilds the lookup. Returns how many pairs failed.
-    pub(crate) fn refresh(&self, force: bool) -> usize {
+    /// Loads the pairs whose files changed (all of them with `reread`) and
+    /// rebuilds the lookup when a pair changed or `wanted_changed`.
+    /// Returns why each pair that failed did.
+    pub(crate) fn refresh(&self, reread: bool, wanted_changed: bool) -> Vec<String> {
+        // `loaded` first: refreshes run one at a time, each reading what is
+        // wanted then, so the last one builds from the latest routes.
+        let mut loaded = crate::sync::lock(&self.loaded);
         let wanted = crate::sync::lock(&self.wanted).clone();
         let mut pairs: Vec<&CertFiles> = wanted.routes.iter().map(|(_, f)| f).collect();
         pairs.extend(wanted.default.iter());
-        let mut loaded = crate::sync::lock(&self.loaded);
-        let mut failed = 0;
+        let mut failed = Vec::new();
+        let mut changed = wanted_changed;
         for files in &pairs {
             let stamps = (stamp(&files.cert), stamp(&files.key));
             let current = loaded.get(*files);
-            if !force && current.is_some_and(|e| e.stamps == stamps) {
+            if !reread && current.is_some_and(|e| e.stamps == stamps) {
                 continue;
             }
             match load(files, &self.provider) {
@@ -199,11 +203,12 @@ impl Certs {
                             key: Arc::new(key),
                         },
                     );
+                    changed = true;
                 }
                 Err(why) => {
-                    failed += 1;
                     let keeps = current.is_some();
                     tracing::error!(cause = %why, keeps_previous = keeps, "TLS certificate not loaded");
+                    failed.push(why);
                     // Not again until the files change once more.
                     if let Some(e) = loaded.get_mut(*files) {
                         e.stamps = stamps;
@@ -211,7 +216,11 @@ impl Certs {
                 }
             }
         }
+        let before = loaded.len();
         loaded.retain(|f, _| pairs.contains(&f));
+        if !changed && loaded.len() == before {
+            return failed;
+        }
         let mut lookup = Lookup {
             default: wanted
                 .default
@@ -265,7 +274,7 @@ impl Certs {
             tokio::time::sleep(POLL).await;
             let Some(c) = certs.upgrade() else { return };
             // Metadata and PEM parsing are blocking file work.
-            let _ = tokio::task::spawn_blocking(move || c.refresh(false)).await;
+            let _ = tokio::task::spawn_blocking(move || c.refresh(false, false)).await;
         }
     }
 }
