@@ -562,6 +562,24 @@ where
     (send, task)
 }
 
+/// A gRPC-style call: a POST with `te: trailers`; asserts 200 and returns
+/// the whole answer (data and trailers).
+async fn grpc_call(
+    send: &hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    path: &str,
+) -> http_body_util::Collected<Bytes> {
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost{path}"))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
+        .unwrap();
+    let r = send.clone().send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.into_body().collect().await.unwrap()
+}
+
 fn get(authority: &str, path: &str) -> hyper::Request<Full<Bytes>> {
     hyper::Request::builder()
         .uri(format!("https://{authority}{path}"))
@@ -601,16 +619,7 @@ async fn h2_carries_100_concurrent_streams_on_one_connection_and_trailers() {
     assert_eq!(f.proxy.open_connections(), 1, "one client connection");
 
     // gRPC-style: a POST with `te: trailers`, trailers back after the data.
-    let req = hyper::Request::builder()
-        .method("POST")
-        .uri("https://localhost/trailers")
-        .header("te", "trailers")
-        .header("content-type", "application/grpc")
-        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
-        .unwrap();
-    let r = send.clone().send_request(req).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let collected = r.into_body().collect().await.unwrap();
+    let collected = grpc_call(&send, "/trailers").await;
     let trailers = collected.trailers().cloned().expect("trailers");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["grpc-message"], "fine");
@@ -845,16 +854,7 @@ async fn a_route_to_http2_tasks_carries_grpc_from_h2_and_http1_clients() {
         .await
         .unwrap();
     let (send, _conn) = h2_client(tls).await;
-    let req = hyper::Request::builder()
-        .method("POST")
-        .uri("https://localhost/grpc")
-        .header("te", "trailers")
-        .header("content-type", "application/grpc")
-        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
-        .unwrap();
-    let r = send.clone().send_request(req).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let got = r.into_body().collect().await.unwrap();
+    let got = grpc_call(&send, "/grpc").await;
     assert_eq!(got.trailers().expect("trailers")["grpc-status"], "0");
     assert_eq!(&got.to_bytes()[..], b"\0\0\0\0\x02ok");
     // Many streams at once share the task's one connection.
