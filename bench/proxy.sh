@@ -66,7 +66,7 @@ work=$(mktemp -d /tmp/dockhand-bench.XXXXXX)
 backend=$(free_port); api=$(free_port); dh=$(free_port); ng=$(free_port); hp=$(free_port)
 dht=$(free_port); ngt=$(free_port); hpt=$(free_port) # the TLS listeners
 pids=()
-agent_pid=""
+agent_pid="" nginx_pid="" haproxy_pid=""
 finish() {
   for p in "${pids[@]}" $agent_pid; do kill "$p" 2>/dev/null || true; done
   # Only the processes started here: a bare `wait` would also wait for the
@@ -154,6 +154,7 @@ http {
 }
 CONF
   nginx -c "$work/nginx.conf" -g 'daemon off;' &
+  nginx_pid=$!
   pids+=($!)
   cat >"$work/haproxy.cfg" <<CONF
 global
@@ -174,6 +175,7 @@ backend be
   server s1 127.0.0.1:$backend
 CONF
   haproxy -f "$work/haproxy.cfg" -db &
+  haproxy_pid=$!
   pids+=($!)
   wait_http "http://127.0.0.1:$dh/" 60
   wait_http "http://127.0.0.1:$ng/" 10
@@ -211,38 +213,73 @@ stop_peers() {
   pids=(); agent_pid=""
 }
 
+# cpu_ticks NAME: the CPU time (user + system, in clock ticks) used so far
+# by that proxy's processes: the agent; HAProxy (one process, its threads
+# included); nginx's master and workers.
+cpu_ticks() {
+  local p ps=() total=0
+  case $1 in
+    dockhand) ps=("$agent_pid") ;;
+    haproxy) ps=("$haproxy_pid") ;;
+    nginx) ps=("$nginx_pid" $(pgrep -P "$nginx_pid" || true)) ;;
+  esac
+  for p in "${ps[@]}"; do
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
+
+# timed NAME OUT CMD...: runs CMD with stdout to OUT, and writes the CPU
+# time the proxy NAME used meanwhile, in seconds, to OUT.cpu.
+timed() {
+  local name=$1 out=$2 before after
+  shift 2
+  before=$(cpu_ticks "$name")
+  "$@" >"$out" 2>&1 || true
+  after=$(cpu_ticks "$name")
+  echo "$(( after - before )) $(getconf CLK_TCK)" | awk '{print $1 / $2}' >"$out.cpu"
+}
+
 # measure NAME PORT THREADS CONNS SIZE MODE RUN: one wrk run into a file.
 measure() {
   local name=$1 port=$2 t=$3 c=$4 size=$5 mode=$6 run=$7 hdr=()
   [ "$mode" = close ] && hdr=(-H "Connection: close")
   local url="http://127.0.0.1:$port/bytes?n=$size"
   wrk -t"$t" -c"$c" -d1s "${hdr[@]}" "$url" >/dev/null 2>&1 || true
-  wrk -t"$t" -c"$c" -d"${secs}s" --latency "${hdr[@]}" "$url" \
-    >"$work/wrk-$name-$t-$c-$size-$mode-$run.txt" 2>&1 || true
+  timed "$name" "$work/wrk-$name-$t-$c-$size-$mode-$run.txt" \
+    wrk -t"$t" -c"$c" -d"${secs}s" --latency "${hdr[@]}" "$url"
 }
 
 # measure_tls NAME PORT THREADS CONNS SIZE MODE RUN: one wrk run over https.
+# Handshake rows run wrk with a thread per core whatever the proxies'
+# threads: a client handshake (verifying the certificate's signature)
+# costs the client more than the server, so one wrk thread, at 100 % of
+# a core, would be the bottleneck and every proxy would show its rate.
 measure_tls() {
-  local name=$1 port=$2 t=$3 c=$4 size=$5 mode=$6 run=$7 hdr=() pre=()
+  local name=$1 port=$2 t=$3 c=$4 size=$5 mode=$6 run=$7 hdr=() pre=() wt=$3
   case $mode in
-    close) hdr=(-H "Connection: close"); pre=(env "LD_PRELOAD=$work/wrk-no-resume.so") ;;
-    resume) hdr=(-H "Connection: close") ;;
+    close) hdr=(-H "Connection: close"); pre=(env "LD_PRELOAD=$work/wrk-no-resume.so"); wt=$cores ;;
+    resume) hdr=(-H "Connection: close"); wt=$cores ;;
   esac
   local url="https://localhost:$port/bytes?n=$size"
-  "${pre[@]}" wrk -t"$t" -c"$c" -d1s "${hdr[@]}" "$url" >/dev/null 2>&1 || true
-  "${pre[@]}" wrk -t"$t" -c"$c" -d"${secs}s" --latency "${hdr[@]}" "$url" \
-    >"$work/wrk-tls-$name-$t-$c-$size-$mode-$run.txt" 2>&1 || true
+  "${pre[@]}" wrk -t"$wt" -c"$c" -d1s "${hdr[@]}" "$url" >/dev/null 2>&1 || true
+  timed "$name" "$work/wrk-tls-$name-$t-$c-$size-$mode-$run.txt" \
+    "${pre[@]}" wrk -t"$wt" -c"$c" -d"${secs}s" --latency "${hdr[@]}" "$url"
 }
 
-# measure_h2 NAME PORT THREADS SIZE RUN: one h2load run (1 s warm-up), its
+# measure_h2 NAME PORT THREADS SIZE RUN: one h2load run (after 1 s of warm-up), its
 # summary and its per-request log (start us, status, duration us).
 measure_h2() {
   local name=$1 port=$2 t=$3 size=$4 run=$5 out
   out="$work/h2-$name-$t-$size-$run"
   # h2load wants no more threads than clients.
-  timeout $(( secs + 30 )) h2load -t"$(( t < h2_clients ? t : h2_clients ))" -c"$h2_clients" -m"$h2_streams" \
-    --warm-up-time=1 -D "$secs" --log-file="$out.log" "https://localhost:$port/bytes?n=$size" \
-    >"$out.txt" 2>&1 || true
+  local ht=$(( t < h2_clients ? t : h2_clients ))
+  # The warm-up is a run of its own, so the CPU time measured is the main run's.
+  timeout 30 h2load -t"$ht" -c"$h2_clients" -m"$h2_streams" -D 1 "https://localhost:$port/bytes?n=$size" \
+    >/dev/null 2>&1 || true
+  timed "$name" "$out.txt" \
+    timeout $(( secs + 30 )) h2load -t"$ht" -c"$h2_clients" -m"$h2_streams" \
+    -D "$secs" --log-file="$out.log" "https://localhost:$port/bytes?n=$size"
 }
 
 # One measurement against each proxy in turn: FN DOCKHAND_PORT NGINX_PORT
@@ -255,6 +292,7 @@ each_proxy() {
   "$fn" haproxy "$ph" "$@"
 }
 
+cores=$(nproc)
 rss_peak_kib=0
 for t in $threads_list; do
   start_peers "$t"
@@ -303,8 +341,20 @@ def ms(s):
     v, u = re.match(r"([\d.]+)(us|ms|s)", s).groups()
     return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[u]
 
+def cpu_us(path, rps):
+    """The proxy's CPU time per request in microseconds (the time `timed`
+    wrote beside the client's output), or None."""
+    try:
+        cpu = float(open(path + ".cpu").read())
+    except (OSError, ValueError):
+        return None
+    return cpu * 1e6 / (rps * float(secs)) if rps else None
+
 def fields(path):
-    t = open(path).read()
+    try:
+        t = open(path).read()
+    except OSError:
+        return None
     m = re.search(r"Requests/sec:\s+([\d.]+)", t)
     if not m:
         return None
@@ -314,33 +364,19 @@ def fields(path):
     non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", t) or [0, 0])[1])
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
     errs = sum(int(x) for x in m.groups()) if m else 0
-    return rps, p50, p99, non2xx + errs
+    return rps, p50, p99, non2xx + errs, cpu_us(path, rps)
 
-def median(name, t, c, size, mode):
-    got = [fields(os.path.join(work, f"wrk-{name}-{t}-{c}-{size}-{mode}-{r}.txt")) for r in range(1, runs + 1)]
+def median_of(got):
+    """Per figure, the median over the runs that produced one (errors: the sum)."""
     got = [g for g in got if g]
     if not got:
         return None
-    return tuple(statistics.median(g[i] for g in got) for i in range(3)) + (sum(g[3] for g in got),)
+    med = lambda i: statistics.median(v) if (v := [g[i] for g in got if g[i] is not None]) else None
+    return med(0), med(1), med(2), sum(g[3] for g in got), med(4)
 
-print(f"\nwrk GET /bytes?n=SIZE, {secs} s per measurement, median of {runs} runs, {os.cpu_count()} cores; "
-      "rps in requests/s, latency in ms; errors = non-2xx + socket errors over all runs")
-head = ("thr", "conns", "size", "client", "dockhand", "nginx", "haproxy", "dh/hap", "dh/ngx",
-        "p50 dh", "p50 hap", "p99 dh", "p99 hap", "p99 ngx", "p99 dh/hap", "errors dh/ngx/hap")
-fmt = "%-4s %6s %6s %-10s %9s %9s %9s %7s %7s %7s %7s %7s %7s %7s %10s %s"
-print(fmt % head)
-for t in threads:
-    for c in conns:
-        for size in sizes:
-            for mode in modes:
-                d, n, h = (median(x, t, c, size, mode) for x in ("dockhand", "nginx", "haproxy"))
-                if not (d and n and h):
-                    print(fmt.split(" %9s")[0] % (t, c, size, mode) + " (a run failed)")
-                    continue
-                print(fmt % (t, c, size, mode, f"{d[0]:.0f}", f"{n[0]:.0f}", f"{h[0]:.0f}",
-                             f"{d[0]/h[0]:.2f}", f"{d[0]/n[0]:.2f}", f"{d[1]:.2f}", f"{h[1]:.2f}",
-                             f"{d[2]:.2f}", f"{h[2]:.2f}", f"{n[2]:.2f}", f"{d[2]/h[2]:.2f}",
-                             f"{d[3]}/{n[3]}/{h[3]}"))
+def median(name, t, c, size, mode):
+    return median_of([fields(os.path.join(work, f"wrk-{name}-{t}-{c}-{size}-{mode}-{r}.txt")) for r in range(1, runs + 1)])
+
 tls_on, h2_on = sys.argv[9] == "1", sys.argv[13] == "1"
 tls_conns, tls_sizes, tls_modes = (a.split() for a in sys.argv[10:13])
 h2_clients, h2_streams = sys.argv[14], sys.argv[15]
@@ -364,6 +400,10 @@ def why(paths):
         return (errs or lines or ["no output"])[-1][:150]
     return "?"
 
+def cpu_cols(d, n, h):
+    f = lambda v: f"{v:.1f}" if v is not None else "-"
+    return f(d[4]), f(h[4]), f(n[4]), ratio(d[4], h[4]) if d[4] is not None and h[4] else "-"
+
 def row(t, c, size, mode, d, n, h, failed):
     if not (d and n and h):
         print(fmt.split(" %9s")[0] % (t, c, size, mode) + " (a run failed)")
@@ -373,19 +413,30 @@ def row(t, c, size, mode, d, n, h, failed):
     print(fmt % (t, c, size, mode, f"{d[0]:.0f}", f"{n[0]:.0f}", f"{h[0]:.0f}",
                  ratio(d[0], h[0]), ratio(d[0], n[0]), f"{d[1]:.2f}", f"{h[1]:.2f}",
                  f"{d[2]:.2f}", f"{h[2]:.2f}", f"{n[2]:.2f}", ratio(d[2], h[2]),
-                 f"{d[3]}/{n[3]}/{h[3]}"))
+                 *cpu_cols(d, n, h), f"{d[3]}/{n[3]}/{h[3]}"))
 
-def median_of(got):
-    got = [g for g in got if g]
-    if not got:
-        return None
-    return tuple(statistics.median(g[i] for g in got) for i in range(3)) + (sum(g[3] for g in got),)
-
+print(f"\nwrk GET /bytes?n=SIZE, {secs} s per measurement, median of {runs} runs, {os.cpu_count()} cores; "
+      "rps in requests/s, latency in ms; errors = non-2xx + socket errors over all runs; "
+      "cpu = the proxy's CPU time (user + system, all its threads and processes) per request, in us: "
+      "on a machine the clients and the backend share, rps also depends on how the scheduler splits the cores, "
+      "cpu is what each proxy costs")
+head = ("thr", "conns", "size", "client", "dockhand", "nginx", "haproxy", "dh/hap", "dh/ngx",
+        "p50 dh", "p50 hap", "p99 dh", "p99 hap", "p99 ngx", "p99 dh/hap",
+        "cpu dh", "cpu hap", "cpu ngx", "cpu dh/hap", "errors dh/ngx/hap")
+fmt = "%-4s %6s %6s %-10s %9s %9s %9s %7s %7s %7s %7s %7s %7s %7s %10s %6s %7s %7s %10s %s"
+print(fmt % head)
+for t in threads:
+    for c in conns:
+        for size in sizes:
+            for mode in modes:
+                d, n, h = (median(x, t, c, size, mode) for x in ("dockhand", "nginx", "haproxy"))
+                row(t, c, size, mode, d, n, h, {})
 if tls_on:
     print(f"\nTLS: wrk over https (HTTP/1.1, TLS 1.3 where offered; ECDSA P-256 certificate), GET /bytes?n=SIZE, "
           f"{secs} s per measurement, median of {runs} runs; keepalive = requests/s on kept-alive connections; "
           "close = new connections/s, a full handshake per request; resume = new connections/s with "
-          "TLS session resumption; columns as above")
+          f"TLS session resumption (both with wrk on {os.cpu_count()} threads, so that the client's handshakes are not "
+          "the bottleneck); columns as above")
     print(fmt % head)
     for t in threads:
         for c in tls_conns:
@@ -418,9 +469,9 @@ def h2_fields(base):
     except OSError:
         us = []
     if not us:
-        return rps, 0.0, 0.0, errs, proto
+        return rps, 0.0, 0.0, errs, cpu_us(base + ".txt", rps), proto
     pick = lambda q: us[min(len(us) - 1, int(q * len(us)))] / 1000
-    return rps, pick(0.50), pick(0.99), errs, proto
+    return rps, pick(0.50), pick(0.99), errs, cpu_us(base + ".txt", rps), proto
 
 if h2_on:
     print(f"\nHTTP/2: h2load over TLS, ALPN h2, {h2_clients} connections x {h2_streams} concurrent streams "
@@ -435,8 +486,8 @@ if h2_on:
                      for x in ("dockhand", "nginx", "haproxy")}
             got = {x: [h2_fields(b) for b in bs] for x, bs in bases.items()}
             for x, g in got.items():
-                protos |= {(x, f[4]) for f in g if f}
-            d, n, h = (median_of([f[:4] if f else None for f in got[x]]) for x in ("dockhand", "nginx", "haproxy"))
+                protos |= {(x, f[5]) for f in g if f}
+            d, n, h = (median_of([f[:5] if f else None for f in got[x]]) for x in ("dockhand", "nginx", "haproxy"))
             row(t, f"{h2_clients}x{h2_streams}", size, "h2", d, n, h,
                 {x: [b + ".txt" for b, g in zip(bases[x], got[x]) if not g] for x in bases if not all(got[x])})
     for x, p in sorted(protos):
