@@ -23,6 +23,7 @@
 //! before stopping a task calls [`Proxy::drain`].
 
 mod backend;
+mod coalesce;
 mod fast;
 mod forward;
 mod h1;

@@ -447,6 +447,7 @@ where
         .max_concurrent_streams(settings.h2_max_streams)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .max_send_buf_size(256 * 1024);
+    let io = crate::coalesce::Coalesce::new(io);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let signaled = watch.signaled();
