@@ -207,7 +207,7 @@ impl Outcome {
 }
 
 /// Every target's name.
-pub const TARGETS: &[&str] = &["config", "service-file", "proxy", "api"];
+pub const TARGETS: &[&str] = &["config", "service-file", "proxy", "proxy-h2c", "api"];
 
 /// Runs `target` for `time` with `seed`.
 pub fn run(target: &str, time: Duration, seed: u64) -> Option<Outcome> {
@@ -223,6 +223,7 @@ pub fn run(target: &str, time: Duration, seed: u64) -> Option<Outcome> {
             check_service,
         ),
         "proxy" => servers::proxy(time, seed),
+        "proxy-h2c" => servers::proxy_h2c(time, seed),
         "api" => servers::api(time, seed),
         _ => return None,
     };

@@ -52,13 +52,114 @@ async fn exchange(port: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// What the clients speak: how an answer is judged, and the good request
+/// that must get 200 now and then.
+#[derive(Clone, Copy)]
+enum Proto {
+    /// HTTP/1.x, with the good request.
+    Http1(&'static [u8]),
+    /// Prior-knowledge HTTP/2: a case that starts with the preface is
+    /// HTTP/2, anything else HTTP/1.1 on the same listener.
+    H2c,
+}
+
+impl Proto {
+    /// Whether `answer` is 2xx (counted as accepted), or an error if it is
+    /// neither an HTTP/1.x answer, nor HTTP/2 frames, nor a clean close.
+    fn judge(self, answer: &[u8]) -> Result<bool, String> {
+        if answer.starts_with(b"HTTP/1.1 2") || answer.starts_with(b"HTTP/1.0 2") {
+            return Ok(true);
+        }
+        if is_http_or_closed(answer) {
+            return Ok(false);
+        }
+        match self {
+            // An HTTP/2 server's first frame is its SETTINGS.
+            Proto::H2c if answer.len() >= 9 && answer[3] == 4 => Ok(h2_status_200(answer)),
+            _ => Err(format!("not an HTTP answer: {:?}", first_line(answer))),
+        }
+    }
+
+    /// Sends the good request and says whether it was answered 200, or
+    /// what came instead.
+    async fn good(self, port: u16) -> Result<(), String> {
+        match self {
+            Proto::Http1(good) => {
+                let answer = exchange(port, good).await;
+                match answer {
+                    Ok(a) if a.starts_with(b"HTTP/1.1 200") => Ok(()),
+                    Ok(a) => Err(first_line(&a)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Proto::H2c => h2c_get(port).await,
+        }
+    }
+}
+
+/// Frames of `bytes` as (type, flags, stream, payload), while whole.
+fn h2_frames(mut bytes: &[u8]) -> Vec<(u8, u8, u32, &[u8])> {
+    let mut out = Vec::new();
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        if bytes.len() < 9 + len {
+            break;
+        }
+        let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
+        out.push((bytes[3], bytes[4], stream, &bytes[9..9 + len]));
+        bytes = &bytes[9 + len..];
+    }
+    out
+}
+
+/// Whether stream 1 got response headers with `:status 200` (HPACK's
+/// static entry 8, which an encoder sends as the one byte 0x88).
+fn h2_status_200(answer: &[u8]) -> bool {
+    h2_frames(answer).iter().any(|&(kind, _, stream, payload)| {
+        kind == 1 && stream == 1 && payload.first() == Some(&0x88)
+    })
+}
+
+/// A GET of `/` over prior-knowledge HTTP/2: the preface, empty SETTINGS,
+/// and HEADERS (`:method GET`, `:scheme http`, `:path /`, all HPACK static
+/// entries) ending the stream.
+const H2C_GET: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
+    \x00\x00\x00\x04\x00\x00\x00\x00\x00\
+    \x00\x00\x03\x01\x05\x00\x00\x00\x01\x82\x86\x84";
+
+/// Sends [`H2C_GET`] without closing (an HTTP/2 server may drop streams of
+/// a connection its client ended) and reads until stream 1's headers come.
+async fn h2c_get(port: u16) -> Result<(), String> {
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(H2C_GET).await.map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(format!("closed after {} bytes without a 200", got.len()));
+            }
+            got.extend_from_slice(&buf[..n]);
+            if h2_status_200(&got) {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .unwrap_or_else(|_| Err("no 200 within 2 s".into()))
+}
+
 /// Runs clients against `port` until `time` is over: each case must get
-/// an HTTP answer or a clean close; now and then a good request must get
-/// 200.
+/// an HTTP answer (HTTP/2 frames for `Proto::H2c`) or a clean close; now
+/// and then a good request must get 200.
 async fn drive(
     port: u16,
     seeds: Vec<Vec<u8>>,
-    good: &'static [u8],
+    proto: Proto,
     time: Duration,
     seed: u64,
     out: Shared,
@@ -81,26 +182,16 @@ async fn drive(
                 {
                     let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
                     o.cases += 1;
-                    match answer {
-                        Ok(a) if a.starts_with(b"HTTP/1.1 2") || a.starts_with(b"HTTP/1.0 2") => {
-                            o.accepted += 1
-                        }
-                        Ok(a) if is_http_or_closed(&a) => {}
-                        Ok(a) => o.fail(format!("not an HTTP answer: {:?}", first_line(&a))),
+                    match answer.map(|a| proto.judge(&a)) {
+                        Ok(Ok(true)) => o.accepted += 1,
+                        Ok(Ok(false)) => {}
+                        Ok(Err(why)) => o.fail(why),
                         // Reset by the server: a clean refusal too.
                         Err(_) => {}
                     }
                 }
                 if n.is_multiple_of(LIVENESS_EVERY) {
-                    let answer = exchange(port, good).await;
-                    let ok = answer
-                        .as_ref()
-                        .is_ok_and(|a| a.starts_with(b"HTTP/1.1 200"));
-                    if !ok {
-                        let got = match &answer {
-                            Ok(a) => first_line(a),
-                            Err(e) => e.to_string(),
-                        };
+                    if let Err(got) = proto.good(port).await {
                         out.lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .fail(format!("a good request was not answered 200: {got:?}"));
@@ -114,10 +205,25 @@ async fn drive(
     }
 }
 
+const GOOD_GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
 /// The proxy's request path.
 pub fn proxy(time: Duration, seed: u64) -> Outcome {
+    proxy_with(Proto::Http1(GOOD_GET), time, seed)
+}
+
+/// The proxy's request path for prior-knowledge HTTP/2 clients (h2c on),
+/// HTTP/1.1 cases mixed in.
+pub fn proxy_h2c(time: Duration, seed: u64) -> Outcome {
+    proxy_with(Proto::H2c, time, seed)
+}
+
+fn proxy_with(proto: Proto, time: Duration, seed: u64) -> Outcome {
     let out: Shared = Arc::new(Mutex::new(Outcome {
-        target: "proxy",
+        target: match proto {
+            Proto::Http1(_) => "proxy",
+            Proto::H2c => "proxy-h2c",
+        },
         ..Outcome::default()
     }));
     let rt = runtime();
@@ -128,6 +234,7 @@ pub fn proxy(time: Duration, seed: u64) -> Outcome {
             dockhand_proxy::Settings {
                 max_header_bytes: 8192,
                 idle_timeout: Duration::from_secs(2),
+                h2c: matches!(proto, Proto::H2c),
                 ..dockhand_proxy::Settings::default()
             },
             tx,
@@ -148,15 +255,11 @@ pub fn proxy(time: Duration, seed: u64) -> Outcome {
         let (signal, watch) = drain::channel();
         let p = proxy.clone();
         let server = tokio::spawn(async move { p.serve(vec![l], Vec::new(), watch).await });
-        drive(
-            port,
-            corpus::http_requests(),
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            time,
-            seed,
-            Arc::clone(&out),
-        )
-        .await;
+        let seeds = match proto {
+            Proto::Http1(_) => corpus::http_requests(),
+            Proto::H2c => corpus::h2c_requests(),
+        };
+        drive(port, seeds, proto, time, seed, Arc::clone(&out)).await;
         if proxy.task_health("task") != Some(true) {
             out.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -195,7 +298,7 @@ pub fn api(time: Duration, seed: u64) -> Outcome {
         drive(
             port,
             corpus::api_requests(),
-            b"GET /v1/metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Proto::Http1(b"GET /v1/metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
             time,
             seed,
             Arc::clone(&out),
