@@ -371,12 +371,7 @@ pub(crate) async fn handle(
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_error = String::from("no attempt made");
     for _attempt in 0..3 {
-        let Some(backend) = route.pick(algorithm, &tried).or_else(|| {
-            // Only one backend: a retry may reuse it on a new connection.
-            (!tried.is_empty())
-                .then(|| route.pick(algorithm, &[]))
-                .flatten()
-        }) else {
+        let Some(backend) = route.pick_attempt(algorithm, &tried) else {
             break;
         };
         // The request is here if no earlier attempt sent it, or rebuilt if

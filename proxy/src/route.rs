@@ -122,6 +122,21 @@ impl Route {
         }
     }
 
+    /// The backend for an attempt: one not in `tried`, or, when every
+    /// routable one was tried, any (a retry may reuse the only backend on a
+    /// new connection).
+    pub(crate) fn pick_attempt(
+        &self,
+        algorithm: Algorithm,
+        tried: &[Arc<Backend>],
+    ) -> Option<Arc<Backend>> {
+        self.pick(algorithm, tried).or_else(|| {
+            (!tried.is_empty())
+                .then(|| self.pick(algorithm, &[]))
+                .flatten()
+        })
+    }
+
     pub fn backends(&self) -> Vec<Arc<Backend>> {
         read(&self.backends).clone()
     }

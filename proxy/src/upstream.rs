@@ -169,12 +169,7 @@ where
     let mut attempts = 0;
     let mut stale_retry_left = true;
     while attempts < 3 {
-        let Some(backend) = route.pick(algorithm, &tried).or_else(|| {
-            // Only one backend: a retry may reuse it on a new connection.
-            (!tried.is_empty())
-                .then(|| route.pick(algorithm, &[]))
-                .flatten()
-        }) else {
+        let Some(backend) = route.pick_attempt(algorithm, &tried) else {
             break;
         };
         let in_flight = backend.begin_request();
