@@ -104,43 +104,56 @@ pub fn http_requests() -> Vec<Vec<u8>> {
     ]
 }
 
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/2 frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.push(kind);
+    f.push(flags);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HEADERS of a GET of `/` on stream 1, ending it: `:method GET`, `:scheme
+/// http`, `:path /` (HPACK static entries), then `:authority: x` (literal
+/// without indexing, name index 1).
+fn h2_get() -> Vec<u8> {
+    h2_frame(1, 5, 1, &[0x82, 0x86, 0x84, 0x01, 0x01, b'x'])
+}
+
+/// A whole prior-knowledge HTTP/2 GET of `/`: the preface, empty SETTINGS,
+/// and [`h2_get`]. The h2c target's good request.
+pub fn h2c_get() -> Vec<u8> {
+    [H2_PREFACE, &h2_frame(4, 0, 0, &[]), &h2_get()].concat()
+}
+
 /// Prior-knowledge HTTP/2 connections: the preface and frames (SETTINGS,
-/// HEADERS with HPACK static entries and a literal, DATA, PING,
-/// WINDOW_UPDATE, RST_STREAM, GOAWAY), and one HTTP/1.1 request, since the
-/// same listener takes both.
+/// HEADERS, DATA, PING, WINDOW_UPDATE, RST_STREAM, GOAWAY), and one
+/// HTTP/1.1 request, since the same listener takes both.
 pub fn h2c_requests() -> Vec<Vec<u8>> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
-        let len = payload.len() as u32;
-        let mut f = len.to_be_bytes()[1..].to_vec();
-        f.push(kind);
-        f.push(flags);
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    };
-    let settings = frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
-    // :method GET, :scheme http, :path /, then `:authority: x` (literal
-    // without indexing, name index 1).
-    let get = frame(1, 5, 1, &[0x82, 0x86, 0x84, 0x01, 0x01, b'x']);
+    let settings = h2_frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
     // :method POST (index 3) with a body in DATA.
     let post = [
-        frame(1, 4, 3, &[0x83, 0x86, 0x84]),
-        frame(0, 1, 3, b"hello"),
+        h2_frame(1, 4, 3, &[0x83, 0x86, 0x84]),
+        h2_frame(0, 1, 3, b"hello"),
     ]
     .concat();
     let tail = [
-        frame(6, 0, 0, &[0; 8]),
-        frame(8, 0, 0, &[0, 0, 0x10, 0]),
-        frame(3, 0, 1, &[0, 0, 0, 8]),
-        frame(7, 0, 0, &[0; 8]),
+        h2_frame(6, 0, 0, &[0; 8]),
+        h2_frame(8, 0, 0, &[0, 0, 0x10, 0]),
+        h2_frame(3, 0, 1, &[0, 0, 0, 8]),
+        h2_frame(7, 0, 0, &[0; 8]),
     ]
     .concat();
+    let get = h2_get();
     vec![
-        [PREFACE, &settings, &get].concat(),
-        [PREFACE, &settings, &post].concat(),
-        [PREFACE, &settings, &get, &tail].concat(),
-        [PREFACE, &frame(4, 0, 0, &[]), &get, &post].concat(),
+        [H2_PREFACE, &settings, &get].concat(),
+        [H2_PREFACE, &settings, &post].concat(),
+        [H2_PREFACE, &settings, &get, &tail].concat(),
+        [h2c_get(), post].concat(),
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
     ]
 }

@@ -97,44 +97,35 @@ impl Proto {
     }
 }
 
-/// Frames of `bytes` as (type, flags, stream, payload), while whole.
-fn h2_frames(mut bytes: &[u8]) -> Vec<(u8, u8, u32, &[u8])> {
-    let mut out = Vec::new();
+/// Whether stream 1 got response headers with `:status 200` (HPACK's
+/// static entry 8, which an encoder sends as the one byte 0x88), among the
+/// whole frames of `bytes`.
+fn h2_status_200(mut bytes: &[u8]) -> bool {
     while bytes.len() >= 9 {
         let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
-        if bytes.len() < 9 + len {
-            break;
-        }
+        let Some(payload) = bytes.get(9..9 + len) else {
+            return false;
+        };
         let stream = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff;
-        out.push((bytes[3], bytes[4], stream, &bytes[9..9 + len]));
+        if bytes[3] == 1 && stream == 1 && payload.first() == Some(&0x88) {
+            return true;
+        }
         bytes = &bytes[9 + len..];
     }
-    out
+    false
 }
 
-/// Whether stream 1 got response headers with `:status 200` (HPACK's
-/// static entry 8, which an encoder sends as the one byte 0x88).
-fn h2_status_200(answer: &[u8]) -> bool {
-    h2_frames(answer).iter().any(|&(kind, _, stream, payload)| {
-        kind == 1 && stream == 1 && payload.first() == Some(&0x88)
-    })
-}
-
-/// A GET of `/` over prior-knowledge HTTP/2: the preface, empty SETTINGS,
-/// and HEADERS (`:method GET`, `:scheme http`, `:path /`, all HPACK static
-/// entries) ending the stream.
-const H2C_GET: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
-    \x00\x00\x00\x04\x00\x00\x00\x00\x00\
-    \x00\x00\x03\x01\x05\x00\x00\x00\x01\x82\x86\x84";
-
-/// Sends [`H2C_GET`] without closing (an HTTP/2 server may drop streams of
-/// a connection its client ended) and reads until stream 1's headers come.
+/// Sends [`corpus::h2c_get`] without closing (an HTTP/2 server may drop
+/// streams of a connection its client ended) and reads until stream 1's
+/// headers come.
 async fn h2c_get(port: u16) -> Result<(), String> {
     let run = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
-        s.write_all(H2C_GET).await.map_err(|e| e.to_string())?;
+        s.write_all(&corpus::h2c_get())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
