@@ -382,7 +382,7 @@ tls_conns, tls_sizes, tls_modes = (a.split() for a in sys.argv[10:13])
 h2_clients, h2_streams = sys.argv[14], sys.argv[15]
 
 def ratio(a, b):
-    return f"{a / b:.2f}" if b else "-"
+    return f"{a / b:.2f}" if a is not None and b else "-"
 
 def why(paths):
     """The last line of the first failed run's output, to say why it failed."""
@@ -402,7 +402,7 @@ def why(paths):
 
 def cpu_cols(d, n, h):
     f = lambda v: f"{v:.1f}" if v is not None else "-"
-    return f(d[4]), f(h[4]), f(n[4]), ratio(d[4], h[4]) if d[4] is not None and h[4] else "-"
+    return f(d[4]), f(h[4]), f(n[4]), ratio(d[4], h[4])
 
 def row(t, c, size, mode, d, n, h, failed):
     if not (d and n and h):
@@ -435,8 +435,8 @@ if tls_on:
     print(f"\nTLS: wrk over https (HTTP/1.1, TLS 1.3 where offered; ECDSA P-256 certificate), GET /bytes?n=SIZE, "
           f"{secs} s per measurement, median of {runs} runs; keepalive = requests/s on kept-alive connections; "
           "close = new connections/s, a full handshake per request; resume = new connections/s with "
-          f"TLS session resumption (both with wrk on {os.cpu_count()} threads, so that the client's handshakes are not "
-          "the bottleneck); columns as above")
+          f"TLS session resumption (both with wrk on {os.cpu_count()} threads: one thread, busy with the client's "
+          "half of each handshake, would cap every proxy at its rate); columns as above")
     print(fmt % head)
     for t in threads:
         for c in tls_conns:
