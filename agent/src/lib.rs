@@ -312,6 +312,17 @@ async fn reload_on_sighup(proxy: dockhand_proxy::Proxy) {
 
 type Listeners = Vec<tokio::net::TcpListener>;
 
+/// How many connections the kernel may hold, handshake done, for the proxy
+/// to accept (the kernel caps it at `net.core.somaxconn`, 4096 by default).
+/// The Rust standard library's 128 is far too few for a front door: when a
+/// thousand clients connect at once, the queue overflows, the kernel drops
+/// their handshakes' last packets, and each of those clients waits for a
+/// retransmission (200 ms to seconds) before its first request; that was
+/// most of the proxy's p99 at 1,000 connections in `bench/proxy.sh`.
+/// The socket units in systemd/ set the same `Backlog=4096`; HAProxy asks
+/// for its frontend's maxconn.
+const PROXY_BACKLOG: u32 = 4096;
+
 /// The proxy's listening sockets, plain and TLS: those systemd passes
 /// (`LISTEN_FDS`, socket activation: the socket outlives agent restarts,
 /// so none refuses a connection; a socket named `tls` with
@@ -352,9 +363,15 @@ fn proxy_listeners(cfg: &Config) -> Result<(Listeners, Listeners), AgentError> {
         return Ok((out, tls));
     }
     let bind = |addr: &std::net::SocketAddr| {
-        std::net::TcpListener::bind(addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .and_then(tokio::net::TcpListener::from_std)
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        socket
+            .and_then(|s| s.set_reuseaddr(true).map(|()| s))
+            .and_then(|s| s.bind(*addr).map(|()| s))
+            .and_then(|s| s.listen(PROXY_BACKLOG))
             .map_err(|source| AgentError::BindProxy {
                 addr: *addr,
                 source,
