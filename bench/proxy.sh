@@ -3,7 +3,7 @@
 # backend (the test webapp, in a task on the host network) through
 # Dockhand's proxy (the real agent routing to that task), nginx
 # (proxy_pass, upstream keep-alive) and HAProxy (http-reuse always), with
-# the same number of worker threads each (Dockhand TOKIO_WORKER_THREADS,
+# the same number of worker threads each (Dockhand DOCKHAND_PROXY_THREADS,
 # nginx worker_processes, HAProxy nbthread).
 #
 # Rows: worker threads x client connections x response size x client mode
@@ -106,7 +106,10 @@ JSON
 # start_peers THREADS: Dockhand, nginx and HAProxy with that many threads.
 start_peers() {
   local t=$1
-  TOKIO_WORKER_THREADS=$t target/release/dockhand agent --config "$work/ecs.config" 2>>"$work/agent.log" &
+  # The proxy's threads serve the clients; the agent's own runtime (Docker,
+  # health checks) gets one worker, idle during the runs.
+  DOCKHAND_PROXY_THREADS=$t TOKIO_WORKER_THREADS=1 \
+    target/release/dockhand agent --config "$work/ecs.config" 2>>"$work/agent.log" &
   agent_pid=$!
   # The TLS listeners: nginx 1.22 (Debian 12) offers TLS 1.3 only when told
   # and closes a connection after keepalive_requests (default 1000), also an

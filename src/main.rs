@@ -152,27 +152,11 @@ fn load_control(config: Option<PathBuf>) -> Option<dockhand_control::config::Loa
         .ok()
 }
 
+/// The agent's and the control endpoint's runtime. The proxy serves
+/// clients on threads of its own (DOCKHAND_PROXY_THREADS, proxy/src/shard.rs).
 fn runtime() -> Option<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder
-        .enable_all()
-        // With a thousand busy client connections, tasks woken beyond a
-        // worker's local queue wait in the global one, which the default
-        // (self-tuned) interval visits rarely: that made the proxy's p99
-        // 2.5x HAProxy's at 1,000 connections (bench/proxy.sh). Visiting
-        // it every other task keeps service in arrival order; measured
-        // here, it costs no throughput.
-        .global_queue_interval(2);
-    // A task woken by the running one goes to the back of the queue, not
-    // in front of it. Each HTTP/2 stream is a task that, when its answer
-    // is ready, wakes the connection's task: run next, that one flushed
-    // each answer alone (a TLS record and a writev per stream). Run after
-    // the other ready streams, it writes their answers together: under
-    // h2load, HTTP/2 cost 15 % (one worker) and 32 % (two) less CPU per
-    // request, and HTTP/1.1 (one task per connection) is unchanged.
-    // .cargo/config.toml sets the cfg.
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
+    builder.enable_all();
     match builder.build() {
         Ok(r) => Some(r),
         Err(e) => {

@@ -603,6 +603,18 @@ pub const KEYS: &[KeySpec<Config>] = &[
         },
     },
     KeySpec {
+        name: "DOCKHAND_PROXY_THREADS",
+        default: "0",
+        meaning: "threads serving client connections, each an event loop accepting on every proxy listener (1-1024; 0: one per CPU)",
+        apply: |c, v| {
+            c.proxy.threads = match bounded(v, 0, 1024)? {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
         name: "DOCKHAND_PROXY_HEALTH_PATH",
         default: "/dockhand/health",
         meaning: "the host's health check on the proxy listeners, never routed to a task: 200 while the host serves, 503 from the moment it drains or shuts down",

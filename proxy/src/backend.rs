@@ -39,8 +39,10 @@ pub(crate) struct Backend {
     /// The one HTTP/2 connection to a task that speaks it, shared by all
     /// requests (streams).
     h2: Mutex<Option<hyper::client::conn::http2::SendRequest<ProxyBody>>>,
-    /// Idle connections of the fast path (fast.rs), most recent last.
-    raw_idle: Mutex<Vec<Upstream>>,
+    /// Idle connections of the fast path (fast.rs), most recent last: one
+    /// pool per proxy thread, each used by the thread whose event loop
+    /// watches its connections (shard.rs).
+    raw_idle: Box<[Mutex<Vec<Upstream>>]>,
     /// Notified whenever in-flight or upgraded counts drop.
     quiet: Notify,
     /// Someone may wait on `quiet` (a drain began): only then do finished
@@ -59,7 +61,14 @@ struct CheckState {
 }
 
 impl Backend {
-    pub(crate) fn new(task: String, addr: SocketAddr, rise: u32, grace: Duration) -> Backend {
+    /// `threads`: the proxy's threads, each with its own idle pool.
+    pub(crate) fn new(
+        task: String,
+        addr: SocketAddr,
+        rise: u32,
+        grace: Duration,
+        threads: usize,
+    ) -> Backend {
         Backend {
             task,
             addr,
@@ -75,7 +84,9 @@ impl Backend {
             }),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
-            raw_idle: Mutex::new(Vec::new()),
+            raw_idle: (0..threads.max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             quiet: Notify::new(),
             watched: AtomicBool::new(false),
             close_upgraded: watch::channel(false).0,
@@ -150,7 +161,9 @@ impl Backend {
         lock(&self.idle).clear();
         // Streams in flight keep the connection until they end.
         lock(&self.h2).take();
-        lock(&self.raw_idle).clear();
+        for idle in &self.raw_idle {
+            lock(idle).clear();
+        }
     }
 
     pub fn last_failure(&self) -> Option<String> {
@@ -283,7 +296,7 @@ impl Backend {
         probe: bool,
     ) -> Result<(Upstream, bool), std::io::Error> {
         loop {
-            let Some(up) = lock(&self.raw_idle).pop() else {
+            let Some(up) = lock(self.raw_pool()).pop() else {
                 break;
             };
             if !probe {
@@ -314,10 +327,16 @@ impl Backend {
             // Grown for a large body: idle connections keep the small size.
             up.buf = bytes::BytesMut::with_capacity(UPSTREAM_BUF);
         }
-        let mut idle = lock(&self.raw_idle);
+        let mut idle = lock(self.raw_pool());
         if idle.len() < MAX_RAW_IDLE {
             idle.push(up);
         }
+    }
+
+    /// The calling proxy thread's idle pool.
+    fn raw_pool(&self) -> &Mutex<Vec<Upstream>> {
+        let i = crate::shard::current() % self.raw_idle.len();
+        &self.raw_idle[i]
     }
 
     pub(crate) fn begin_request(self: &Arc<Self>) -> InFlight {

@@ -31,6 +31,7 @@ mod health;
 mod raw;
 mod route;
 mod server;
+mod shard;
 mod stats;
 mod sync;
 mod tls;
@@ -90,6 +91,9 @@ pub struct Settings {
     /// The port HTTP-to-HTTPS redirects point at (443: none in the URL).
     pub https_port: u16,
     pub access_log: AccessLog,
+    /// Threads serving client connections, each an event loop of its own
+    /// (shard.rs).
+    pub threads: usize,
 }
 
 impl Default for Settings {
@@ -109,6 +113,7 @@ impl Default for Settings {
             h2_max_streams: 100,
             https_port: 443,
             access_log: AccessLog::Off,
+            threads: 1,
         }
     }
 }
@@ -350,7 +355,13 @@ impl Proxy {
             spec.check.healthy_threshold
         };
         let grace = if adopted { Duration::ZERO } else { spec.grace };
-        let b = Arc::new(Backend::new(task.to_string(), addr, rise, grace));
+        let b = Arc::new(Backend::new(
+            task.to_string(),
+            addr,
+            rise,
+            grace,
+            self.inner.settings.threads,
+        ));
         write(&route.backends).push(Arc::clone(&b));
         tracing::debug!(service, task, %addr, "backend registered");
         let handle = tokio::spawn(health::check_loop(
@@ -482,7 +493,6 @@ impl Proxy {
             tls,
             shutdown,
         )
-        .await;
-        Ok(())
+        .await
     }
 }

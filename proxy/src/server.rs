@@ -13,13 +13,14 @@
 //! whatever remains is dropped.
 
 use crate::forward::{self, ClientInfo};
+use crate::shard::{LoadGuard, Loads, Shard};
 use crate::Inner;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -31,9 +32,6 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// request (answered with `Connection: close`) before it is closed idle.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Serves until `shutdown` is signaled. The accept loops end at once; each
-/// open connection holds a clone of the watch until it has finished, so
-/// whoever signaled learns when the last one is done.
 /// Open connections per client address.
 pub(crate) struct PerClient {
     max: usize,
@@ -92,55 +90,121 @@ impl Drop for ClientSlot {
     }
 }
 
+/// What every proxy thread's accept loops share.
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<Inner>,
+    permits: Arc<Semaphore>,
+    per_client: Arc<PerClient>,
+    /// Set once shutdown is signaled; answers then carry `Connection: close`.
+    closing: Arc<AtomicBool>,
+    shutdown: drain::Watch,
+    loads: Arc<Loads>,
+    /// Every proxy thread's runtime, once all have started.
+    threads: Arc<OnceLock<Vec<tokio::runtime::Handle>>>,
+}
+
+/// A listener and, for a TLS one, its acceptor.
+type Listening = (std::net::TcpListener, Option<TlsAcceptor>);
+
+/// Serves on `settings.threads` proxy threads (shard.rs) until `shutdown`
+/// is signaled, and returns when every connection has ended: the accept
+/// loops end at once; each open connection holds a clone of the watch
+/// until it has finished, so whoever signaled learns when the last one is
+/// done. Dropped, it stops the threads and whatever still runs on them.
 pub(crate) async fn serve(
     inner: Arc<Inner>,
     listeners: Vec<tokio::net::TcpListener>,
     tls_listeners: Vec<tokio::net::TcpListener>,
     tls: Option<TlsAcceptor>,
     shutdown: drain::Watch,
-) {
-    let permits = Arc::clone(&inner.permits);
-    let per_client = Arc::new(PerClient::new(inner.settings.max_connections_per_client));
-    // Set once shutdown is signaled; answers then carry `Connection: close`.
-    let closing = Arc::new(AtomicBool::new(false));
-    let mut accept_loops = tokio::task::JoinSet::new();
-    let all = listeners
+) -> Result<(), String> {
+    let mut all: Vec<Listening> = Vec::new();
+    let tagged = listeners
         .into_iter()
         .map(|l| (l, None))
         .chain(tls_listeners.into_iter().map(|l| (l, tls.clone())));
-    for (listener, tls) in all {
+    for (listener, tls) in tagged {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, tls = tls.is_some(), "proxy listening");
         }
-        accept_loops.spawn(accept_loop(
-            Arc::clone(&inner),
-            listener,
-            tls,
-            Arc::clone(&permits),
-            Arc::clone(&per_client),
-            Arc::clone(&closing),
-            shutdown.clone(),
-        ));
+        let listener = listener
+            .into_std()
+            .map_err(|e| format!("cannot hand a proxy listener to its threads: {e}"))?;
+        all.push((listener, tls));
     }
-    drop(shutdown);
+    // Each thread gets its own descriptor of every listener, all made
+    // before a thread starts, so a failure leaves nothing running.
+    let count = inner.settings.threads.max(1);
+    let mut per_thread = Vec::with_capacity(count);
+    for _ in 1..count {
+        let mine = all
+            .iter()
+            .map(|(l, tls)| l.try_clone().map(|l| (l, tls.clone())))
+            .collect::<Result<Vec<Listening>, _>>()
+            .map_err(|e| format!("cannot duplicate a proxy listener: {e}"))?;
+        per_thread.push(mine);
+    }
+    per_thread.push(all);
+    let loads = Arc::new(Loads::new(count));
+    let threads = Arc::new(OnceLock::new());
+    let shared = Shared {
+        permits: Arc::clone(&inner.permits),
+        per_client: Arc::new(PerClient::new(inner.settings.max_connections_per_client)),
+        closing: Arc::new(AtomicBool::new(false)),
+        inner,
+        shutdown,
+        loads: Arc::clone(&loads),
+        threads: Arc::clone(&threads),
+    };
+    let mut shards = Vec::with_capacity(count);
+    for (index, mine) in per_thread.into_iter().enumerate() {
+        let shared = shared.clone();
+        shards.push(Shard::spawn(index, move || accept_all(shared, mine))?);
+    }
+    let _ = threads.set(shards.iter().map(|s| s.handle().clone()).collect());
+    drop(shared);
+    // Once every accept loop has ended no connection can start, so the
+    // count of open ones only falls (each ends within the grace period).
+    for shard in &mut shards {
+        shard.worked().await;
+    }
+    loads.none_open().await;
+    Ok(())
+}
+
+/// One proxy thread's accept loops, one per listener, until shutdown.
+async fn accept_all(shared: Shared, listeners: Vec<Listening>) {
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for (listener, tls) in listeners {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => {
+                accept_loops.spawn(accept_loop(shared.clone(), l, tls));
+            }
+            Err(e) => tracing::error!(cause = %e, "a proxy thread cannot watch a listener"),
+        }
+    }
+    drop(shared);
     // Listeners close as their loops end.
     while accept_loops.join_next().await.is_some() {}
 }
 
-async fn accept_loop(
-    inner: Arc<Inner>,
-    listener: tokio::net::TcpListener,
-    tls: Option<TlsAcceptor>,
-    permits: Arc<Semaphore>,
-    per_client: Arc<PerClient>,
-    closing: Arc<AtomicBool>,
-    shutdown: drain::Watch,
-) {
+async fn accept_loop(shared: Shared, listener: tokio::net::TcpListener, tls: Option<TlsAcceptor>) {
+    let Shared {
+        inner,
+        permits,
+        per_client,
+        closing,
+        shutdown,
+        loads,
+        threads,
+    } = shared;
     let signaled = shutdown.clone().signaled();
     tokio::pin!(signaled);
     // Only the port of the address a client reached is used (for
     // `X-Forwarded-Port`): the listener's, without a system call per client.
     let listening = listener.local_addr().ok();
+    let me = crate::shard::current();
     loop {
         let permit = tokio::select! {
             release = &mut signaled => {
@@ -184,39 +248,91 @@ async fn accept_loop(
             local,
             tls: tls.is_some(),
         };
-        let open = Open::new(&inner);
-        let inner = Arc::clone(&inner);
-        let watch = shutdown.clone();
-        let closing = Arc::clone(&closing);
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _slot = slot;
-            let _open = open;
-            let Some(acceptor) = tls else {
-                return crate::fast::serve(inner, stream, client, closing, watch).await;
-            };
-            let handshake = tokio::time::timeout(
-                HANDSHAKE_TIMEOUT.min(inner.settings.idle_timeout),
-                acceptor.accept(stream),
-            );
-            let stream = match handshake.await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, cause = %e, "TLS handshake failed");
-                    return;
+        let all = threads.get();
+        let target = if all.is_some() { loads.pick(me) } else { me };
+        let conn = Connection {
+            inner: Arc::clone(&inner),
+            client,
+            closing: Arc::clone(&closing),
+            watch: shutdown.clone(),
+            tls: tls.clone(),
+            _permit: permit,
+            _slot: slot,
+            _open: Open::new(&inner),
+            _load: loads.enter(target),
+        };
+        match all.and_then(|all| all.get(target)) {
+            Some(other) if target != me => {
+                match stream.into_std() {
+                    Ok(stream) => {
+                        other.spawn(async move {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => conn.serve(stream).await,
+                            Err(e) => tracing::debug!(%peer, cause = %e, "cannot take over a connection"),
+                        }
+                    });
+                    }
+                    Err(e) => tracing::debug!(%peer, cause = %e, "cannot hand over a connection"),
                 }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_h2(inner, stream, client, watch).await;
-            } else {
-                crate::fast::serve(inner, stream, client, closing, watch).await;
             }
-        });
+            _ => {
+                tokio::spawn(conn.serve(stream));
+            }
+        }
+    }
+}
+
+/// An accepted connection and what it holds while open.
+struct Connection {
+    inner: Arc<Inner>,
+    client: ClientInfo,
+    closing: Arc<AtomicBool>,
+    watch: drain::Watch,
+    tls: Option<TlsAcceptor>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: ClientSlot,
+    _open: Open,
+    _load: LoadGuard,
+}
+
+impl Connection {
+    /// Serves it (after the TLS handshake, on a TLS listener) to the end.
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let Connection {
+            inner,
+            client,
+            closing,
+            watch,
+            tls,
+            _permit,
+            _slot,
+            _open,
+            _load,
+        } = self;
+        let peer = client.peer;
+        let Some(acceptor) = tls else {
+            return crate::fast::serve(inner, stream, client, closing, watch).await;
+        };
+        let handshake = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT.min(inner.settings.idle_timeout),
+            acceptor.accept(stream),
+        );
+        let stream = match handshake.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            serve_h2(inner, stream, client, watch).await;
+        } else {
+            crate::fast::serve(inner, stream, client, closing, watch).await;
+        }
     }
 }
 

@@ -86,13 +86,7 @@ async fn serve_proxy(settings: Settings, backend: SocketAddr, interval: Duration
         }],
     );
     proxy.add_backend("svc", 0, "task-1", backend, false);
-    for _ in 0..100 {
-        if proxy.task_health("task-1") == Some(true) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(proxy.task_health("task-1"), Some(true));
+    wait_healthy(&proxy).await;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let (signal, watch) = drain::channel();
@@ -102,6 +96,42 @@ async fn serve_proxy(settings: Settings, backend: SocketAddr, interval: Duration
         p.serve(vec![l], Vec::new(), watch).await
     });
     (port, proxy)
+}
+
+/// Waits (up to 5 s) until task-1 is healthy.
+async fn wait_healthy(proxy: &Proxy) {
+    for _ in 0..250 {
+        if proxy.task_health("task-1") == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.task_health("task-1"), Some(true));
+}
+
+/// A proxy with `settings` and one route to `backend` (an adopted task:
+/// healthy after one check), serving on a free port; the signal shuts it
+/// down, and the task is its `serve`.
+async fn adopted_proxy(
+    settings: Settings,
+    backend: SocketAddr,
+) -> (
+    u16,
+    Proxy,
+    drain::Signal,
+    tokio::task::JoinHandle<Result<(), String>>,
+) {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = Proxy::new(settings, tx);
+    proxy.set_routes("svc", vec![RouteSpec::default()]);
+    proxy.add_backend("svc", 0, "task-1", backend, true);
+    wait_healthy(&proxy).await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (signal, watch) = drain::channel();
+    let p = proxy.clone();
+    let serving = tokio::spawn(async move { p.serve(vec![l], Vec::new(), watch).await });
+    (port, proxy, signal, serving)
 }
 
 /// Sends `bytes` on a new connection and reads until the peer closes (or
@@ -303,21 +333,11 @@ async fn a_malformed_chunked_body_is_the_clients_400_not_the_tasks_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_cannot_hold_every_connection() {
     let (backend, _seen) = backend().await;
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let proxy = Proxy::new(
-        Settings {
-            max_connections_per_client: 5,
-            ..Settings::default()
-        },
-        tx,
-    );
-    proxy.set_routes("svc", vec![RouteSpec::default()]);
-    proxy.add_backend("svc", 0, "task-1", backend, true);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (signal, watch) = drain::channel();
-    let p = proxy.clone();
-    tokio::spawn(async move { p.serve(vec![l], Vec::new(), watch).await });
+    let settings = Settings {
+        max_connections_per_client: 5,
+        ..Settings::default()
+    };
+    let (port, proxy, signal, _serving) = adopted_proxy(settings, backend).await;
 
     // Ten idle connections from 127.0.0.1: five are kept, five closed.
     let mut idle = Vec::new();
@@ -634,4 +654,77 @@ async fn http2_streams_on_stale_pooled_connections_fail_none() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(seen.lock().unwrap().len(), 10, "each sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_threads_share_the_listener_and_end_after_their_connections() {
+    let (backend, seen) = backend().await;
+    let settings = Settings {
+        threads: 3,
+        ..Settings::default()
+    };
+    let (port, _proxy, signal, serving) = adopted_proxy(settings, backend).await;
+
+    // 40 clients connect at once (whichever thread accepts, some are
+    // handed over) and send 5 requests each on their connection.
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            tokio::task::spawn_blocking(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut oks = 0;
+                for j in 0..5 {
+                    write!(s, "GET /c{i}/r{j} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !got.ends_with(b"\r\n\r\nok") {
+                        let n = s.read(&mut buf).unwrap_or_else(|e| {
+                            panic!(
+                                "client {i} request {j}: {e} after {:?}",
+                                String::from_utf8_lossy(&got)
+                            )
+                        });
+                        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    if got.starts_with(b"HTTP/1.1 200") {
+                        oks += 1;
+                    }
+                }
+                (oks, s)
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for c in clients {
+        let (oks, s) = c.await.unwrap();
+        assert_eq!(oks, 5);
+        open.push(s);
+    }
+    let forwarded = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, target, _)| target.starts_with("/c"))
+        .count();
+    assert_eq!(forwarded, 200, "health checks aside");
+
+    // Shutdown: idle keep-alive connections are closed, the threads end
+    // with them, serve returns and the listener is gone.
+    tokio::time::timeout(Duration::from_secs(10), signal.drain())
+        .await
+        .expect("every connection ended");
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("serve returned")
+        .unwrap()
+        .unwrap();
+    for mut s in open {
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "closed by the proxy");
+    }
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the listener is closed"
+    );
 }
