@@ -469,7 +469,9 @@ impl Proxy {
     /// signaled, then stops accepting; each open connection finishes its
     /// in-flight request (within the shutdown grace period) and releases
     /// its clone of the watch, so the signaler's drain completes when the
-    /// last is done.
+    /// last is done. Clients are served on `settings.threads` threads of
+    /// the proxy's own; this returns when the last connection has ended,
+    /// and dropping it stops those threads with whatever still runs there.
     pub async fn serve(
         &self,
         listeners: Vec<tokio::net::TcpListener>,
