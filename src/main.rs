@@ -155,9 +155,10 @@ fn load_control(config: Option<PathBuf>) -> Option<dockhand_control::config::Loa
 /// The agent's and the control endpoint's runtime. The proxy serves
 /// clients on threads of its own (DOCKHAND_PROXY_THREADS, proxy/src/shard.rs).
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    match builder.build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => Some(r),
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -100,8 +100,8 @@ struct Shared {
     closing: Arc<AtomicBool>,
     shutdown: drain::Watch,
     loads: Arc<Loads>,
-    /// Every proxy thread's runtime, once all have started.
-    threads: Arc<OnceLock<Vec<tokio::runtime::Handle>>>,
+    /// Every proxy thread's runtime, by index.
+    threads: Arc<[tokio::runtime::Handle]>,
 }
 
 /// A listener and, for a TLS one, its acceptor.
@@ -146,8 +146,10 @@ pub(crate) async fn serve(
         per_thread.push(mine);
     }
     per_thread.push(all);
+    let runtimes = (0..count)
+        .map(crate::shard::runtime)
+        .collect::<Result<Vec<_>, _>>()?;
     let loads = Arc::new(Loads::new(count));
-    let threads = Arc::new(OnceLock::new());
     let shared = Shared {
         permits: Arc::clone(&inner.permits),
         per_client: Arc::new(PerClient::new(inner.settings.max_connections_per_client)),
@@ -155,14 +157,15 @@ pub(crate) async fn serve(
         inner,
         shutdown,
         loads: Arc::clone(&loads),
-        threads: Arc::clone(&threads),
+        threads: runtimes.iter().map(|r| r.handle().clone()).collect(),
     };
     let mut shards = Vec::with_capacity(count);
-    for (index, mine) in per_thread.into_iter().enumerate() {
+    for ((index, mine), runtime) in per_thread.into_iter().enumerate().zip(runtimes) {
         let shared = shared.clone();
-        shards.push(Shard::spawn(index, move || accept_all(shared, mine))?);
+        shards.push(Shard::spawn(index, runtime, move || {
+            accept_all(shared, mine)
+        })?);
     }
-    let _ = threads.set(shards.iter().map(|s| s.handle().clone()).collect());
     drop(shared);
     // Once every accept loop has ended no connection can start, so the
     // count of open ones only falls (each ends within the grace period).
@@ -248,8 +251,7 @@ async fn accept_loop(shared: Shared, listener: tokio::net::TcpListener, tls: Opt
             local,
             tls: tls.is_some(),
         };
-        let all = threads.get();
-        let target = if all.is_some() { loads.pick(me) } else { me };
+        let target = loads.pick(me);
         let conn = Connection {
             inner: Arc::clone(&inner),
             client,
@@ -261,20 +263,8 @@ async fn accept_loop(shared: Shared, listener: tokio::net::TcpListener, tls: Opt
             _open: Open::new(&inner),
             _load: loads.enter(target),
         };
-        match all.and_then(|all| all.get(target)) {
-            Some(other) if target != me => {
-                match stream.into_std() {
-                    Ok(stream) => {
-                        other.spawn(async move {
-                        match tokio::net::TcpStream::from_std(stream) {
-                            Ok(stream) => conn.serve(stream).await,
-                            Err(e) => tracing::debug!(%peer, cause = %e, "cannot take over a connection"),
-                        }
-                    });
-                    }
-                    Err(e) => tracing::debug!(%peer, cause = %e, "cannot hand over a connection"),
-                }
-            }
+        match threads.get(target) {
+            Some(other) if target != me => conn.move_to(other, stream),
             _ => {
                 tokio::spawn(conn.serve(stream));
             }
@@ -296,6 +286,22 @@ struct Connection {
 }
 
 impl Connection {
+    /// Serves it on another proxy thread: the socket leaves this thread's
+    /// event loop and joins that one's.
+    fn move_to(self, thread: &tokio::runtime::Handle, stream: tokio::net::TcpStream) {
+        let peer = self.client.peer;
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => return tracing::debug!(%peer, cause = %e, "cannot hand over a connection"),
+        };
+        thread.spawn(async move {
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => self.serve(stream).await,
+                Err(e) => tracing::debug!(%peer, cause = %e, "cannot take over a connection"),
+            }
+        });
+    }
+
     /// Serves it (after the TLS handshake, on a TLS listener) to the end.
     async fn serve(self, stream: tokio::net::TcpStream) {
         let Connection {

@@ -36,27 +36,35 @@ pub(crate) fn current() -> usize {
     INDEX.with(Cell::get)
 }
 
+/// Proxy thread `index`'s runtime, single-threaded, built before the
+/// thread starts so that every thread's handle is known up front.
+pub(crate) fn runtime(index: usize) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start proxy thread {index}: {e}"))
+}
+
 /// A proxy thread. Dropping it stops the thread at once (every task left
 /// on it is dropped).
 pub(crate) struct Shard {
-    handle: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<()>,
     done: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Shard {
-    /// Starts proxy thread `index`, which runs `work` and then whatever
-    /// is still spawned on it, until the `Shard` is dropped.
-    pub(crate) fn spawn<F, Fut>(index: usize, work: F) -> Result<Shard, String>
+    /// Starts proxy thread `index` on `runtime` (from [`runtime`]): it runs
+    /// `work` and then whatever is still spawned on it, until the `Shard`
+    /// is dropped.
+    pub(crate) fn spawn<F, Fut>(
+        index: usize,
+        runtime: tokio::runtime::Runtime,
+        work: F,
+    ) -> Result<Shard, String>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()>,
     {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start proxy thread {index}: {e}"))?;
-        let handle = runtime.handle().clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -76,15 +84,9 @@ impl Shard {
             })
             .map_err(|e| format!("cannot start proxy thread {index}: {e}"))?;
         Ok(Shard {
-            handle,
             _stop: stop_tx,
             done: done_rx,
         })
-    }
-
-    /// The thread's runtime, to spawn a connection on.
-    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
-        &self.handle
     }
 
     /// Waits until the thread's `work` has ended (what it spawned may
