@@ -148,6 +148,20 @@ async fn a_rolling_update_of_4_tasks_under_load_fails_no_request() {
         "proxied requests counted: {routed} < {}",
         stats.ok
     );
+    // One gauge per proxy thread, and what they add up to.
+    let per_thread: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("dockhand_proxy_thread_connections{thread=\""))
+        .filter_map(|l| l.split_once("} ")?.1.parse().ok())
+        .collect();
+    let open: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dockhand_proxy_connections "))
+        .and_then(|v| v.parse().ok())
+        .expect("open connections in /metrics");
+    assert!(!per_thread.is_empty(), "{metrics}");
+    assert_eq!(per_thread.iter().sum::<u64>(), open, "{metrics}");
+    assert!(metrics.contains("\ndockhand_proxy_connections_moved_total "));
 }
 
 #[tokio::test(flavor = "multi_thread")]

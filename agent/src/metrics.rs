@@ -134,7 +134,17 @@ pub fn render(s: &Snapshot, proxy: &dockhand_proxy::Proxy) -> String {
             get(n)
         );
     }
-    let _ = writeln!(o, "# HELP dockhand_proxy_connections Client connections open on the proxy.\n# TYPE dockhand_proxy_connections gauge\ndockhand_proxy_connections {}", proxy.open_connections());
+    // Both from one reading, so the threads' add up to the total.
+    let per_thread = proxy.thread_connections();
+    let _ = writeln!(o, "# HELP dockhand_proxy_connections Client connections open on the proxy.\n# TYPE dockhand_proxy_connections gauge\ndockhand_proxy_connections {}", per_thread.iter().sum::<usize>());
+    let _ = writeln!(o, "# HELP dockhand_proxy_thread_connections Client connections open on each proxy thread (DOCKHAND_PROXY_THREADS).\n# TYPE dockhand_proxy_thread_connections gauge");
+    for (thread, n) in per_thread.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "dockhand_proxy_thread_connections{{thread=\"{thread}\"}} {n}"
+        );
+    }
+    let _ = writeln!(o, "# HELP dockhand_proxy_connections_moved_total Client connections handed from one proxy thread to a less busy one, when accepted or between two keep-alive requests.\n# TYPE dockhand_proxy_connections_moved_total counter\ndockhand_proxy_connections_moved_total {}", proxy.connections_moved());
     let _ = writeln!(o, "# HELP dockhand_proxy_connections_rejected_total Client connections closed at once because their address had DOCKHAND_PROXY_MAX_CONNECTIONS_PER_CLIENT open.\n# TYPE dockhand_proxy_connections_rejected_total counter\ndockhand_proxy_connections_rejected_total {}", proxy.rejected_connections());
     let _ = writeln!(o, "# HELP dockhand_proxy_access_log_dropped_total Access log lines lost because the writer fell behind.\n# TYPE dockhand_proxy_access_log_dropped_total counter\ndockhand_proxy_access_log_dropped_total {}", proxy.access_log_dropped());
     route_metrics(&mut o, &proxy.route_metrics());

@@ -14,6 +14,7 @@
 use crate::backend::{Backend, Upstream, UPSTREAM_BUF};
 use crate::forward::ClientInfo;
 use crate::h1::{self, BodyEnd, Chunked, Forward, Limits, Local, Prep};
+use crate::shard::LoadGuard;
 use crate::upstream::{self, Deadline, Sent};
 use crate::Inner;
 use bytes::{Buf, BytesMut};
@@ -48,22 +49,30 @@ const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Serves one client connection until it closes; on shutdown, in-flight
 /// work gets the grace period.
+///
+/// With `load` (a plain TCP connection counted on a proxy thread), the
+/// connection is given back between two keep-alive requests, with nothing
+/// read yet, when [`LoadGuard::rebalance`] moved it to another thread: the
+/// caller serves it there.
 pub(crate) async fn serve<S: Client>(
     inner: Arc<Inner>,
     stream: S,
     client: ClientInfo,
     closing: Arc<AtomicBool>,
     watch: drain::Watch,
-) {
+    load: Option<&mut LoadGuard>,
+) -> Option<S> {
     let grace = inner.settings.shutdown_grace;
     let outer = watch.clone();
-    let conn = run(inner, stream, client, closing, watch);
+    let conn = run(inner, stream, client, closing, watch, load);
     tokio::pin!(conn);
     tokio::select! {
-        () = conn.as_mut() => {}
+        idle = conn.as_mut() => idle,
         release = outer.signaled() => {
+            // Shutting down: one given back now is closed.
             let _ = tokio::time::timeout(grace, conn).await;
             drop(release);
+            None
         }
     }
 }
@@ -74,7 +83,8 @@ async fn run<S: Client>(
     client: ClientInfo,
     closing: Arc<AtomicBool>,
     watch: drain::Watch,
-) {
+    mut load: Option<&mut LoadGuard>,
+) -> Option<S> {
     let limits = Limits {
         max_header_bytes: inner.settings.max_header_bytes,
         max_headers: inner.settings.max_headers,
@@ -96,7 +106,8 @@ async fn run<S: Client>(
             if h2c && !cbuf.is_empty() {
                 if cbuf.starts_with(H2_PREFACE) {
                     let io = Rewind::new(cbuf, stream);
-                    return crate::server::serve_h2(inner, io, client, watch).await;
+                    crate::server::serve_h2(inner, io, client, watch).await;
+                    return None;
                 }
                 if !H2_PREFACE.starts_with(&cbuf) {
                     h2c = false;
@@ -123,10 +134,10 @@ async fn run<S: Client>(
             tokio::select! {
                 biased;
                 r = stream.read_buf(&mut cbuf) => match r {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return None,
                     Ok(_) => {}
                 },
-                () = deadline.passed() => return,
+                () = deadline.passed() => return None,
                 r = &mut signaled, if release.is_none() => release = Some(r),
             }
         };
@@ -134,7 +145,8 @@ async fn run<S: Client>(
             Prep::Partial => unreachable!("read again above"),
             Prep::Fallback => {
                 let io = Rewind::new(cbuf, stream);
-                return crate::server::serve_hyper(inner, io, client, closing, watch).await;
+                crate::server::serve_hyper(inner, io, client, closing, watch).await;
+                return None;
             }
             Prep::Local {
                 consumed,
@@ -178,7 +190,7 @@ async fn run<S: Client>(
                 local.record(inner.log(), head);
                 cbuf.advance(consumed);
                 if !sent || close {
-                    return;
+                    return None;
                 }
             }
             Prep::Forward(f) => {
@@ -222,9 +234,13 @@ async fn run<S: Client>(
                 }
                 cbuf.advance(f.consumed);
                 if !done.keep {
-                    return;
+                    return None;
                 }
             }
+        }
+        let between = cbuf.is_empty() && release.is_none() && !closing.load(Ordering::Acquire);
+        if between && load.as_deref_mut().is_some_and(|l| l.rebalance().is_some()) {
+            return Some(stream);
         }
     }
 }

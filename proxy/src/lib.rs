@@ -135,8 +135,8 @@ pub(crate) struct Inner {
     pub(crate) permits: Arc<tokio::sync::Semaphore>,
     /// Connections closed at once for the per-client cap.
     pub(crate) rejected: std::sync::atomic::AtomicU64,
-    /// Client connections open now.
-    pub(crate) open: std::sync::atomic::AtomicUsize,
+    /// Client connections open now, per proxy thread.
+    pub(crate) loads: Arc<shard::Loads>,
     table: RwLock<Arc<Table>>,
     /// (service, loadBalancers index) → route.
     routes: Mutex<BTreeMap<(String, usize), Arc<Route>>>,
@@ -229,7 +229,7 @@ impl Proxy {
             inner: Arc::new(Inner {
                 permits: Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1))),
                 rejected: std::sync::atomic::AtomicU64::new(0),
-                open: std::sync::atomic::AtomicUsize::new(0),
+                loads: Arc::new(shard::Loads::new(settings.threads)),
                 table: RwLock::new(Arc::new(Table::default())),
                 routes: Mutex::new(BTreeMap::new()),
                 settings,
@@ -444,7 +444,18 @@ impl Proxy {
 
     /// Client connections open now.
     pub fn open_connections(&self) -> usize {
-        self.inner.open.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.loads.counts().iter().sum()
+    }
+
+    /// Client connections open now on each proxy thread.
+    pub fn thread_connections(&self) -> Vec<usize> {
+        self.inner.loads.counts()
+    }
+
+    /// Client connections moved from one proxy thread to another so far
+    /// (when accepted, or between two keep-alive requests).
+    pub fn connections_moved(&self) -> u64 {
+        self.inner.loads.moved()
     }
 
     /// Client connections closed at once because their address had too many.

@@ -41,22 +41,6 @@ pub(crate) struct PerClient {
 /// One admitted connection of a client; gives its place back when dropped.
 struct ClientSlot(Arc<PerClient>, IpAddr);
 
-/// Counts one open client connection until dropped.
-struct Open(Arc<Inner>);
-
-impl Open {
-    fn new(inner: &Arc<Inner>) -> Open {
-        inner.open.fetch_add(1, Ordering::Relaxed);
-        Open(Arc::clone(inner))
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl PerClient {
     pub(crate) fn new(max: usize) -> PerClient {
         PerClient {
@@ -149,7 +133,7 @@ pub(crate) async fn serve(
     let runtimes = (0..count)
         .map(crate::shard::runtime)
         .collect::<Result<Vec<_>, _>>()?;
-    let loads = Arc::new(Loads::new(count));
+    let loads = Arc::clone(&inner.loads);
     let shared = Shared {
         permits: Arc::clone(&inner.permits),
         per_client: Arc::new(PerClient::new(inner.settings.max_connections_per_client)),
@@ -260,8 +244,8 @@ async fn accept_loop(shared: Shared, listener: tokio::net::TcpListener, tls: Opt
             tls: tls.clone(),
             _permit: permit,
             _slot: slot,
-            _open: Open::new(&inner),
-            _load: loads.enter(target),
+            load: loads.enter(target),
+            threads: Arc::clone(&threads),
         };
         match threads.get(target) {
             Some(other) if target != me => conn.move_to(other, stream),
@@ -281,8 +265,9 @@ struct Connection {
     tls: Option<TlsAcceptor>,
     _permit: tokio::sync::OwnedSemaphorePermit,
     _slot: ClientSlot,
-    _open: Open,
-    _load: LoadGuard,
+    load: LoadGuard,
+    /// Every proxy thread's runtime, to move the connection to.
+    threads: Arc<[tokio::runtime::Handle]>,
 }
 
 impl Connection {
@@ -302,23 +287,38 @@ impl Connection {
         });
     }
 
-    /// Serves it (after the TLS handshake, on a TLS listener) to the end.
-    async fn serve(self, stream: tokio::net::TcpStream) {
+    /// Serves it (after the TLS handshake, on a TLS listener) to the end,
+    /// or (plain) until it moves to another thread between two requests.
+    async fn serve(mut self, stream: tokio::net::TcpStream) {
+        let Some(acceptor) = self.tls.take() else {
+            let idle = crate::fast::serve(
+                Arc::clone(&self.inner),
+                stream,
+                self.client,
+                Arc::clone(&self.closing),
+                self.watch.clone(),
+                Some(&mut self.load),
+            );
+            if let Some(stream) = idle.await {
+                let threads = Arc::clone(&self.threads);
+                if let Some(thread) = threads.get(self.load.thread()) {
+                    self.move_to(thread, stream);
+                }
+            }
+            return;
+        };
         let Connection {
             inner,
             client,
             closing,
             watch,
-            tls,
+            tls: _,
+            threads: _,
             _permit,
             _slot,
-            _open,
-            _load,
+            load: _load,
         } = self;
         let peer = client.peer;
-        let Some(acceptor) = tls else {
-            return crate::fast::serve(inner, stream, client, closing, watch).await;
-        };
         let handshake = tokio::time::timeout(
             HANDSHAKE_TIMEOUT.min(inner.settings.idle_timeout),
             acceptor.accept(stream),
@@ -337,7 +337,7 @@ impl Connection {
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             serve_h2(inner, stream, client, watch).await;
         } else {
-            crate::fast::serve(inner, stream, client, closing, watch).await;
+            crate::fast::serve(inner, stream, client, closing, watch, None).await;
         }
     }
 }

@@ -151,6 +151,24 @@ async fn send(port: u16, bytes: Vec<u8>) -> String {
     .unwrap()
 }
 
+/// Sends a GET for `target` on a kept connection to a proxy in front of
+/// `backend()`, and reads its answer: a 200 whose body is "ok".
+fn get_kept(s: &mut TcpStream, target: &str) {
+    write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("{target}: {e} after {:?}", String::from_utf8_lossy(&got)));
+        let so_far = String::from_utf8_lossy(&got);
+        assert!(n > 0, "{target}: closed after {so_far:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer:?}");
+}
+
 fn status(answer: &str) -> u16 {
     answer
         .split_whitespace()
@@ -672,34 +690,16 @@ async fn proxy_threads_share_the_listener_and_end_after_their_connections() {
             tokio::task::spawn_blocking(move || {
                 let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut oks = 0;
                 for j in 0..5 {
-                    write!(s, "GET /c{i}/r{j} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !got.ends_with(b"\r\n\r\nok") {
-                        let n = s.read(&mut buf).unwrap_or_else(|e| {
-                            panic!(
-                                "client {i} request {j}: {e} after {:?}",
-                                String::from_utf8_lossy(&got)
-                            )
-                        });
-                        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-                        got.extend_from_slice(&buf[..n]);
-                    }
-                    if got.starts_with(b"HTTP/1.1 200") {
-                        oks += 1;
-                    }
+                    get_kept(&mut s, &format!("/c{i}/r{j}"));
                 }
-                (oks, s)
+                s
             })
         })
         .collect();
     let mut open = Vec::new();
     for c in clients {
-        let (oks, s) = c.await.unwrap();
-        assert_eq!(oks, 5);
-        open.push(s);
+        open.push(c.await.unwrap());
     }
     let forwarded = seen
         .lock()
@@ -727,4 +727,68 @@ async fn proxy_threads_share_the_listener_and_end_after_their_connections() {
         TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the listener is closed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_connections_move_to_the_less_busy_proxy_thread() {
+    let (backend, _seen) = backend().await;
+    let settings = Settings {
+        threads: 2,
+        ..Settings::default()
+    };
+    let (port, proxy, _signal, _serving) = adopted_proxy(settings, backend).await;
+    tokio::task::spawn_blocking(move || {
+        // Polls the per-thread counts until `done` holds for them.
+        let counts_when = |done: &dyn Fn(&[usize]) -> bool| {
+            for _ in 0..250 {
+                let counts = proxy.thread_connections();
+                if done(&counts) {
+                    return counts;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!("counts stayed {:?}", proxy.thread_connections());
+        };
+        // 20 clients connect one at a time, no request yet: the thread
+        // whose count rose is the one serving it.
+        let mut on: [Vec<TcpStream>; 2] = Default::default();
+        for i in 0..20 {
+            let before = proxy.thread_connections();
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let after = counts_when(&|c| c.iter().sum::<usize>() == i + 1);
+            let thread = (0..2).find(|&t| after[t] > before[t]).unwrap();
+            on[thread].push(s);
+        }
+        // Leave the busier thread all of its clients, the other one.
+        let heavy = if on[0].len() >= on[1].len() { 0 } else { 1 };
+        let light = 1 - heavy;
+        let kept = on[heavy].len();
+        on[light].truncate(1);
+        counts_when(&|c| c[light] == 1);
+        let moved_before = proxy.connections_moved();
+
+        // One request each: after its answer, a client of the busier
+        // thread moves while that thread has 2 or more connections than
+        // the other, so they end up even (and every answer is whole).
+        for (n, s) in on.iter_mut().flatten().enumerate() {
+            get_kept(s, &format!("/k{n}"));
+        }
+        let total = kept + 1;
+        let even = counts_when(&|c| c[heavy].abs_diff(c[light]) <= 1);
+        assert_eq!(even.iter().sum::<usize>(), total);
+        assert_eq!(
+            proxy.connections_moved() - moved_before,
+            (kept as u64 - 1) / 2,
+            "{kept} against 1 became {even:?}"
+        );
+
+        // The moved connections serve on: a second request each.
+        for (n, s) in on.iter_mut().flatten().enumerate() {
+            get_kept(s, &format!("/again{n}"));
+        }
+        assert_eq!(proxy.thread_connections(), even, "no more moves once even");
+    })
+    .await
+    .unwrap();
 }
