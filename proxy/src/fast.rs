@@ -50,17 +50,16 @@ const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 /// Serves one client connection until it closes; on shutdown, in-flight
 /// work gets the grace period.
 ///
-/// With `load` (a plain TCP connection counted on a proxy thread), the
-/// connection is given back between two keep-alive requests, with nothing
-/// read yet, when [`LoadGuard::rebalance`] moved it to another thread: the
-/// caller serves it there.
+/// The connection is given back between two keep-alive requests, with
+/// nothing of the next one read, when [`LoadGuard::rebalance`] counted it
+/// on another proxy thread: the caller moves it there.
 pub(crate) async fn serve<S: Client>(
     inner: Arc<Inner>,
     stream: S,
     client: ClientInfo,
     closing: Arc<AtomicBool>,
     watch: drain::Watch,
-    load: Option<&mut LoadGuard>,
+    load: &mut LoadGuard,
 ) -> Option<S> {
     let grace = inner.settings.shutdown_grace;
     let outer = watch.clone();
@@ -83,7 +82,7 @@ async fn run<S: Client>(
     client: ClientInfo,
     closing: Arc<AtomicBool>,
     watch: drain::Watch,
-    mut load: Option<&mut LoadGuard>,
+    load: &mut LoadGuard,
 ) -> Option<S> {
     let limits = Limits {
         max_header_bytes: inner.settings.max_header_bytes,
@@ -239,7 +238,7 @@ async fn run<S: Client>(
             }
         }
         let between = cbuf.is_empty() && release.is_none() && !closing.load(Ordering::Acquire);
-        if between && load.as_deref_mut().is_some_and(|l| l.rebalance().is_some()) {
+        if between && load.rebalance().is_some() {
             return Some(stream);
         }
     }

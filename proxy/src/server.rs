@@ -13,7 +13,7 @@
 //! whatever remains is dropped.
 
 use crate::forward::{self, ClientInfo};
-use crate::shard::{LoadGuard, Loads, Shard};
+use crate::shard::{LoadGuard, Loads, Shard, Socket};
 use crate::Inner;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
@@ -247,11 +247,11 @@ async fn accept_loop(shared: Shared, listener: tokio::net::TcpListener, tls: Opt
             load: loads.enter(target),
             threads: Arc::clone(&threads),
         };
-        match threads.get(target) {
-            Some(other) if target != me => conn.move_to(other, stream),
-            _ => {
-                tokio::spawn(conn.serve(stream));
-            }
+        let stream = Stream::Accepted(Socket::Watched(stream));
+        if target == me {
+            tokio::spawn(conn.serve(stream));
+        } else {
+            conn.move_to(stream);
         }
     }
 }
@@ -262,6 +262,7 @@ struct Connection {
     client: ClientInfo,
     closing: Arc<AtomicBool>,
     watch: drain::Watch,
+    /// For a TLS listener's connection, until its handshake.
     tls: Option<TlsAcceptor>,
     _permit: tokio::sync::OwnedSemaphorePermit,
     _slot: ClientSlot,
@@ -270,74 +271,101 @@ struct Connection {
     threads: Arc<[tokio::runtime::Handle]>,
 }
 
+/// A client connection on its way to the thread that serves it.
+enum Stream {
+    /// As accepted (on a TLS listener, before the handshake), or a plain
+    /// one between two requests.
+    Accepted(Socket),
+    /// TLS, between two requests.
+    Tls(Box<tokio_rustls::server::TlsStream<Socket>>),
+}
+
+impl Stream {
+    fn socket(&mut self) -> &mut Socket {
+        match self {
+            Stream::Accepted(s) => s,
+            Stream::Tls(t) => t.get_mut().0,
+        }
+    }
+}
+
 impl Connection {
-    /// Serves it on another proxy thread: the socket leaves this thread's
-    /// event loop and joins that one's.
-    fn move_to(self, thread: &tokio::runtime::Handle, stream: tokio::net::TcpStream) {
+    /// Serves it on the thread it is counted on: the socket leaves this
+    /// thread's event loop and joins that one's.
+    fn move_to(self, mut stream: Stream) {
         let peer = self.client.peer;
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => return tracing::debug!(%peer, cause = %e, "cannot hand over a connection"),
+        let Some(thread) = self.threads.get(self.load.thread()).cloned() else {
+            return;
         };
+        if let Err(e) = stream.socket().detach() {
+            return tracing::debug!(%peer, cause = %e, "cannot hand over a connection");
+        }
         thread.spawn(async move {
-            match tokio::net::TcpStream::from_std(stream) {
-                Ok(stream) => self.serve(stream).await,
+            match stream.socket().attach() {
+                Ok(()) => self.serve(stream).await,
                 Err(e) => tracing::debug!(%peer, cause = %e, "cannot take over a connection"),
             }
         });
     }
 
-    /// Serves it (after the TLS handshake, on a TLS listener) to the end,
-    /// or (plain) until it moves to another thread between two requests.
-    async fn serve(mut self, stream: tokio::net::TcpStream) {
-        let Some(acceptor) = self.tls.take() else {
-            let idle = crate::fast::serve(
-                Arc::clone(&self.inner),
-                stream,
-                self.client,
-                Arc::clone(&self.closing),
-                self.watch.clone(),
-                Some(&mut self.load),
-            );
-            if let Some(stream) = idle.await {
-                let threads = Arc::clone(&self.threads);
-                if let Some(thread) = threads.get(self.load.thread()) {
-                    self.move_to(thread, stream);
+    /// Serves it (after the TLS handshake, for a TLS listener's new one) to
+    /// the end, or until it moves to another thread between two requests.
+    async fn serve(mut self, stream: Stream) {
+        let idle = match stream {
+            Stream::Tls(tls) => self.fast(*tls).await.map(|t| Stream::Tls(Box::new(t))),
+            Stream::Accepted(socket) => match self.tls.take() {
+                None => self.fast(socket).await.map(Stream::Accepted),
+                Some(acceptor) => {
+                    let Some(tls) = self.handshake(&acceptor, socket).await else {
+                        return;
+                    };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let (inner, watch) = (Arc::clone(&self.inner), self.watch.clone());
+                        return serve_h2(inner, tls, self.client, watch).await;
+                    }
+                    self.fast(tls).await.map(|t| Stream::Tls(Box::new(t)))
                 }
-            }
-            return;
+            },
         };
-        let Connection {
-            inner,
-            client,
-            closing,
-            watch,
-            tls: _,
-            threads: _,
-            _permit,
-            _slot,
-            load: _load,
-        } = self;
-        let peer = client.peer;
+        if let Some(stream) = idle {
+            self.move_to(stream);
+        }
+    }
+
+    /// The fast path (fast.rs), until the connection ends or is given back
+    /// to move to another thread.
+    async fn fast<S: crate::fast::Client>(&mut self, stream: S) -> Option<S> {
+        crate::fast::serve(
+            Arc::clone(&self.inner),
+            stream,
+            self.client,
+            Arc::clone(&self.closing),
+            self.watch.clone(),
+            &mut self.load,
+        )
+        .await
+    }
+
+    async fn handshake(
+        &self,
+        acceptor: &TlsAcceptor,
+        socket: Socket,
+    ) -> Option<tokio_rustls::server::TlsStream<Socket>> {
+        let peer = self.client.peer;
         let handshake = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT.min(inner.settings.idle_timeout),
-            acceptor.accept(stream),
+            HANDSHAKE_TIMEOUT.min(self.inner.settings.idle_timeout),
+            acceptor.accept(socket),
         );
-        let stream = match handshake.await {
-            Ok(Ok(s)) => s,
+        match handshake.await {
+            Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, cause = %e, "TLS handshake failed");
-                return;
+                None
             }
             Err(_) => {
                 tracing::debug!(%peer, "TLS handshake timed out");
-                return;
+                None
             }
-        };
-        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            serve_h2(inner, stream, client, watch).await;
-        } else {
-            crate::fast::serve(inner, stream, client, closing, watch, None).await;
         }
     }
 }

@@ -23,8 +23,11 @@
 //! thread and the first to call `accept` gets it.
 
 use std::cell::Cell;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 thread_local! {
@@ -213,6 +216,85 @@ impl Drop for LoadGuard {
             // A permit is stored if nobody waits: no wakeup is lost.
             self.0.none.notify_one();
         }
+    }
+}
+
+/// A client's TCP connection that can leave one proxy thread's event loop
+/// and join another's, also under TLS (which only reads and writes it).
+pub(crate) enum Socket {
+    /// Watched by the event loop of the thread serving it.
+    Watched(tokio::net::TcpStream),
+    /// On its way to another thread: no event loop watches it.
+    Moving(std::net::TcpStream),
+    /// Lost on the way (its descriptor could not change event loops).
+    Lost,
+}
+
+impl Socket {
+    /// Leaves this thread's event loop.
+    pub(crate) fn detach(&mut self) -> std::io::Result<()> {
+        if let Socket::Watched(s) = std::mem::replace(self, Socket::Lost) {
+            *self = Socket::Moving(s.into_std()?);
+        }
+        Ok(())
+    }
+
+    /// Joins the event loop of the thread running this.
+    pub(crate) fn attach(&mut self) -> std::io::Result<()> {
+        if let Socket::Moving(s) = std::mem::replace(self, Socket::Lost) {
+            *self = Socket::Watched(tokio::net::TcpStream::from_std(s)?);
+        }
+        Ok(())
+    }
+
+    fn watched(self: Pin<&mut Self>) -> std::io::Result<Pin<&mut tokio::net::TcpStream>> {
+        match self.get_mut() {
+            Socket::Watched(s) => Ok(Pin::new(s)),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the connection is between two proxy threads",
+            )),
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.watched()?.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.watched()?.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.watched()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.watched()?.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.watched()?.poll_shutdown(cx)
     }
 }
 

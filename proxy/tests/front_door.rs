@@ -2,7 +2,8 @@
 //! and rustls, certificates picked by SNI and swapped under load, HTTP/2
 //! over TLS (ALPN) and prior-knowledge h2c, 100 streams on one
 //! connection, trailers, GOAWAY when the host drains, HTTP-to-HTTPS
-//! redirects, the host health path, the access log and route metrics.
+//! redirects, the host health path, the access log and route metrics,
+//! and keep-alive connections (plain and TLS) moving between threads.
 //! Certificates are made for each test with the `openssl` command.
 
 use bytes::Bytes;
@@ -874,5 +875,102 @@ async fn a_route_to_http2_tasks_carries_grpc_from_h2_and_http1_clients() {
     assert_eq!(
         (code.as_str(), version.as_str(), body.as_str()),
         ("200", "1.1", "HTTP/2.0")
+    );
+}
+
+/// Polls the proxy's per-thread connection counts until `done` holds.
+async fn counts_when(proxy: &Proxy, done: impl Fn(&[usize]) -> bool) -> Vec<usize> {
+    for _ in 0..250 {
+        let counts = proxy.thread_connections();
+        if done(&counts) {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("counts stayed {:?}", proxy.thread_connections());
+}
+
+/// A client connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A GET on a kept connection, answered 200 "ok".
+async fn get_kept(s: &mut dyn Io, target: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        let so_far = String::from_utf8_lossy(&got);
+        assert!(n > 0, "{target}: closed after {so_far:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_move_to_the_less_busy_thread_and_serve_on() {
+    let dir = Dir::new("tls-move");
+    let (ca, files) = make_cert(&dir.0, "move", &["localhost"]);
+    let certs = Arc::new(Certs::new(Some(files)).unwrap());
+    let settings = Settings {
+        threads: 2,
+        ..Settings::default()
+    };
+    let f = front(settings, Some(certs), vec![RouteSpec::default()]).await;
+    let c = connector(&[&ca], &[b"http/1.1"]);
+    // 20 clients, plain and TLS in turn, connect one at a time (no request
+    // yet): the thread whose count rose is the one serving it.
+    let mut on: [Vec<Box<dyn Io>>; 2] = Default::default();
+    for i in 0..20usize {
+        let before = f.proxy.thread_connections();
+        let s: Box<dyn Io> = if i % 2 == 0 {
+            Box::new(
+                tokio::net::TcpStream::connect(("127.0.0.1", f.plain))
+                    .await
+                    .unwrap(),
+            )
+        } else {
+            Box::new(tls_connect(&c, f.tls).await.unwrap())
+        };
+        let after = counts_when(&f.proxy, |c| c.iter().sum::<usize>() == i + 1).await;
+        let thread = (0..2).find(|&t| after[t] > before[t]).unwrap();
+        on[thread].push(s);
+    }
+    // Leave the busier thread all of its clients, the other one.
+    let heavy = if on[0].len() >= on[1].len() { 0 } else { 1 };
+    let light = 1 - heavy;
+    let kept = on[heavy].len();
+    on[light].truncate(1);
+    counts_when(&f.proxy, |c| c[light] == 1).await;
+    let moved_before = f.proxy.connections_moved();
+
+    // A request each: after its answer, a client of the busier thread
+    // moves (a TLS one with its session) while that thread has 2 more
+    // connections than the other, so they end up even.
+    for (n, s) in on.iter_mut().flatten().enumerate() {
+        get_kept(s.as_mut(), &format!("/k{n}")).await;
+    }
+    let even = counts_when(&f.proxy, |c| c[heavy].abs_diff(c[light]) <= 1).await;
+    assert_eq!(even.iter().sum::<usize>(), kept + 1);
+    assert_eq!(
+        f.proxy.connections_moved() - moved_before,
+        (kept as u64 - 1) / 2,
+        "{kept} against 1 became {even:?}"
+    );
+    // The moved ones serve on.
+    for (n, s) in on.iter_mut().flatten().enumerate() {
+        get_kept(s.as_mut(), &format!("/again{n}")).await;
+    }
+    assert_eq!(
+        f.proxy.thread_connections(),
+        even,
+        "no more moves once even"
     );
 }
