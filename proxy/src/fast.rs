@@ -52,7 +52,9 @@ const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 ///
 /// The connection is given back between two keep-alive requests, with
 /// nothing of the next one read, when [`LoadGuard::rebalance`] counted it
-/// on another proxy thread: the caller moves it there.
+/// on another proxy thread: the caller moves it there, and serves it again
+/// with `fresh` false (prior-knowledge HTTP/2 is only looked for before a
+/// connection's first request).
 pub(crate) async fn serve<S: Client>(
     inner: Arc<Inner>,
     stream: S,
@@ -60,10 +62,11 @@ pub(crate) async fn serve<S: Client>(
     closing: Arc<AtomicBool>,
     watch: drain::Watch,
     load: &mut LoadGuard,
+    fresh: bool,
 ) -> Option<S> {
     let grace = inner.settings.shutdown_grace;
     let outer = watch.clone();
-    let conn = run(inner, stream, client, closing, watch, load);
+    let conn = run(inner, stream, client, closing, watch, load, fresh);
     tokio::pin!(conn);
     tokio::select! {
         idle = conn.as_mut() => idle,
@@ -83,6 +86,7 @@ async fn run<S: Client>(
     closing: Arc<AtomicBool>,
     watch: drain::Watch,
     load: &mut LoadGuard,
+    fresh: bool,
 ) -> Option<S> {
     let limits = Limits {
         max_header_bytes: inner.settings.max_header_bytes,
@@ -91,7 +95,7 @@ async fn run<S: Client>(
         https_port: inner.settings.https_port,
     };
     // Prior-knowledge HTTP/2 is looked for before the first request only.
-    let mut h2c = inner.settings.h2c && !client.tls;
+    let mut h2c = fresh && inner.settings.h2c && !client.tls;
     let idle = inner.settings.idle_timeout;
     let mut cbuf = BytesMut::with_capacity(CLIENT_BUF);
     let mut request = Vec::with_capacity(HEAD_BUF);

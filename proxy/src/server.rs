@@ -273,9 +273,10 @@ struct Connection {
 
 /// A client connection on its way to the thread that serves it.
 enum Stream {
-    /// As accepted (on a TLS listener, before the handshake), or a plain
-    /// one between two requests.
+    /// As accepted (on a TLS listener, before the handshake).
     Accepted(Socket),
+    /// Plain, between two requests.
+    Kept(Socket),
     /// TLS, between two requests.
     Tls(Box<tokio_rustls::server::TlsStream<Socket>>),
 }
@@ -283,7 +284,7 @@ enum Stream {
 impl Stream {
     fn socket(&mut self) -> &mut Socket {
         match self {
-            Stream::Accepted(s) => s,
+            Stream::Accepted(s) | Stream::Kept(s) => s,
             Stream::Tls(t) => t.get_mut().0,
         }
     }
@@ -312,9 +313,13 @@ impl Connection {
     /// the end, or until it moves to another thread between two requests.
     async fn serve(mut self, stream: Stream) {
         let idle = match stream {
-            Stream::Tls(tls) => self.fast(*tls).await.map(|t| Stream::Tls(Box::new(t))),
+            Stream::Kept(socket) => self.fast(socket, false).await.map(Stream::Kept),
+            Stream::Tls(tls) => self
+                .fast(*tls, false)
+                .await
+                .map(|t| Stream::Tls(Box::new(t))),
             Stream::Accepted(socket) => match self.tls.take() {
-                None => self.fast(socket).await.map(Stream::Accepted),
+                None => self.fast(socket, true).await.map(Stream::Kept),
                 Some(acceptor) => {
                     let Some(tls) = self.handshake(&acceptor, socket).await else {
                         return;
@@ -323,7 +328,7 @@ impl Connection {
                         let (inner, watch) = (Arc::clone(&self.inner), self.watch.clone());
                         return serve_h2(inner, tls, self.client, watch).await;
                     }
-                    self.fast(tls).await.map(|t| Stream::Tls(Box::new(t)))
+                    self.fast(tls, true).await.map(|t| Stream::Tls(Box::new(t)))
                 }
             },
         };
@@ -333,8 +338,8 @@ impl Connection {
     }
 
     /// The fast path (fast.rs), until the connection ends or is given back
-    /// to move to another thread.
-    async fn fast<S: crate::fast::Client>(&mut self, stream: S) -> Option<S> {
+    /// to move to another thread (`fresh`: no request served yet).
+    async fn fast<S: crate::fast::Client>(&mut self, stream: S, fresh: bool) -> Option<S> {
         crate::fast::serve(
             Arc::clone(&self.inner),
             stream,
@@ -342,6 +347,7 @@ impl Connection {
             Arc::clone(&self.closing),
             self.watch.clone(),
             &mut self.load,
+            fresh,
         )
         .await
     }

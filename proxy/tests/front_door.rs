@@ -914,6 +914,60 @@ async fn get_kept(s: &mut dyn Io, target: &str) {
     assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer:?}");
 }
 
+async fn plain(port: u16) -> Box<dyn Io> {
+    Box::new(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap(),
+    )
+}
+
+/// Makes a proxy's 2 threads uneven on purpose, and checks that its
+/// keep-alive connections even them out. `connect(i)` opens 20 clients one
+/// at a time, no request yet: the thread whose count rose is the one
+/// serving it. The busier thread keeps all of its clients, the other one,
+/// and each sends a request: after its answer, a client of the busier
+/// thread moves while that thread has 2 more connections than the other.
+/// Returns the clients in the order they sent it (the first `moved` moved),
+/// with nothing sent since.
+async fn even_out(
+    proxy: &Proxy,
+    connect: impl AsyncFn(usize) -> Box<dyn Io>,
+) -> (Vec<Box<dyn Io>>, usize) {
+    let mut on: [Vec<Box<dyn Io>>; 2] = Default::default();
+    for i in 0..20usize {
+        let before = proxy.thread_connections();
+        let s = connect(i).await;
+        let after = counts_when(proxy, |c| c.iter().sum::<usize>() == i + 1).await;
+        let thread = (0..2).find(|&t| after[t] > before[t]).unwrap();
+        on[thread].push(s);
+    }
+    let heavy = if on[0].len() >= on[1].len() { 0 } else { 1 };
+    let light = 1 - heavy;
+    let kept = on[heavy].len();
+    on[light].truncate(1);
+    counts_when(proxy, |c| c[light] == 1).await;
+    let moved_before = proxy.connections_moved();
+    let [a, b] = on;
+    let mut clients: Vec<Box<dyn Io>> = if heavy == 0 {
+        a.into_iter().chain(b).collect()
+    } else {
+        b.into_iter().chain(a).collect()
+    };
+    for (n, s) in clients.iter_mut().enumerate() {
+        get_kept(s.as_mut(), &format!("/k{n}")).await;
+    }
+    let even = counts_when(proxy, |c| c[heavy].abs_diff(c[light]) <= 1).await;
+    assert_eq!(even.iter().sum::<usize>(), kept + 1);
+    let moved = proxy.connections_moved() - moved_before;
+    assert_eq!(
+        moved,
+        (kept as u64 - 1) / 2,
+        "{kept} against 1 became {even:?}"
+    );
+    (clients, moved as usize)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_connections_move_to_the_less_busy_thread_and_serve_on() {
     let dir = Dir::new("tls-move");
@@ -925,47 +979,18 @@ async fn keep_alive_connections_move_to_the_less_busy_thread_and_serve_on() {
     };
     let f = front(settings, Some(certs), vec![RouteSpec::default()]).await;
     let c = connector(&[&ca], &[b"http/1.1"]);
-    // 20 clients, plain and TLS in turn, connect one at a time (no request
-    // yet): the thread whose count rose is the one serving it.
-    let mut on: [Vec<Box<dyn Io>>; 2] = Default::default();
-    for i in 0..20usize {
-        let before = f.proxy.thread_connections();
-        let s: Box<dyn Io> = if i % 2 == 0 {
-            Box::new(
-                tokio::net::TcpStream::connect(("127.0.0.1", f.plain))
-                    .await
-                    .unwrap(),
-            )
+    // Plain and TLS in turn: a TLS connection moves with its session.
+    let (mut clients, _) = even_out(&f.proxy, async |i| {
+        if i % 2 == 0 {
+            plain(f.plain).await
         } else {
-            Box::new(tls_connect(&c, f.tls).await.unwrap())
-        };
-        let after = counts_when(&f.proxy, |c| c.iter().sum::<usize>() == i + 1).await;
-        let thread = (0..2).find(|&t| after[t] > before[t]).unwrap();
-        on[thread].push(s);
-    }
-    // Leave the busier thread all of its clients, the other one.
-    let heavy = if on[0].len() >= on[1].len() { 0 } else { 1 };
-    let light = 1 - heavy;
-    let kept = on[heavy].len();
-    on[light].truncate(1);
-    counts_when(&f.proxy, |c| c[light] == 1).await;
-    let moved_before = f.proxy.connections_moved();
-
-    // A request each: after its answer, a client of the busier thread
-    // moves (a TLS one with its session) while that thread has 2 more
-    // connections than the other, so they end up even.
-    for (n, s) in on.iter_mut().flatten().enumerate() {
-        get_kept(s.as_mut(), &format!("/k{n}")).await;
-    }
-    let even = counts_when(&f.proxy, |c| c[heavy].abs_diff(c[light]) <= 1).await;
-    assert_eq!(even.iter().sum::<usize>(), kept + 1);
-    assert_eq!(
-        f.proxy.connections_moved() - moved_before,
-        (kept as u64 - 1) / 2,
-        "{kept} against 1 became {even:?}"
-    );
+            Box::new(tls_connect(&c, f.tls).await.unwrap()) as Box<dyn Io>
+        }
+    })
+    .await;
     // The moved ones serve on.
-    for (n, s) in on.iter_mut().flatten().enumerate() {
+    let even = f.proxy.thread_connections();
+    for (n, s) in clients.iter_mut().enumerate() {
         get_kept(s.as_mut(), &format!("/again{n}")).await;
     }
     assert_eq!(
@@ -973,4 +998,49 @@ async fn keep_alive_connections_move_to_the_less_busy_thread_and_serve_on() {
         even,
         "no more moves once even"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_connection_is_not_taken_for_a_new_one_by_h2c() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let settings = Settings {
+        threads: 2,
+        h2c: true,
+        ..Settings::default()
+    };
+    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let (mut clients, moved) = even_out(&f.proxy, async |_| plain(f.plain).await).await;
+    assert!(moved > 0);
+    // Prior-knowledge HTTP/2 is for a connection's start: on a new one the
+    // preface gets the server's SETTINGS frame; on one that served
+    // HTTP/1.1 requests, moved or not, it is not HTTP/2.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let answer = async |s: &mut dyn Io| {
+        s.write_all(PREFACE).await.unwrap();
+        let mut got = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut got))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        got.truncate(n);
+        got
+    };
+    let mut new = tokio::net::TcpStream::connect(("127.0.0.1", f.plain))
+        .await
+        .unwrap();
+    let settings_frame = answer(&mut new).await;
+    assert_eq!(
+        settings_frame.get(3),
+        Some(&4),
+        "a SETTINGS frame: {settings_frame:?}"
+    );
+    // The first moved; the last is the one the other thread kept.
+    let last = clients.len() - 1;
+    for i in [0, last] {
+        let got = answer(clients[i].as_mut()).await;
+        assert!(
+            got.is_empty() || got.starts_with(b"HTTP/1.1 "),
+            "not HTTP/2: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
 }
