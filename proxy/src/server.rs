@@ -13,7 +13,7 @@
 //! whatever remains is dropped.
 
 use crate::forward::{self, ClientInfo};
-use crate::shard::{LoadGuard, Loads, Shard, Socket};
+use crate::shard::{LoadGuard, Shard, Socket};
 use crate::Inner;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
@@ -83,7 +83,6 @@ struct Shared {
     /// Set once shutdown is signaled; answers then carry `Connection: close`.
     closing: Arc<AtomicBool>,
     shutdown: drain::Watch,
-    loads: Arc<Loads>,
     /// Every proxy thread's runtime, by index.
     threads: Arc<[tokio::runtime::Handle]>,
 }
@@ -140,7 +139,6 @@ pub(crate) async fn serve(
         closing: Arc::new(AtomicBool::new(false)),
         inner,
         shutdown,
-        loads: Arc::clone(&loads),
         threads: runtimes.iter().map(|r| r.handle().clone()).collect(),
     };
     let mut shards = Vec::with_capacity(count);
@@ -183,7 +181,6 @@ async fn accept_loop(shared: Shared, listener: tokio::net::TcpListener, tls: Opt
         per_client,
         closing,
         shutdown,
-        loads,
         threads,
     } = shared;
     let signaled = shutdown.clone().signaled();
@@ -235,7 +232,7 @@ async fn accept_loop(shared: Shared, listener: tokio::net::TcpListener, tls: Opt
             local,
             tls: tls.is_some(),
         };
-        let target = loads.pick(me);
+        let target = inner.loads.pick(me);
         let conn = Connection {
             inner: Arc::clone(&inner),
             client,
@@ -244,7 +241,7 @@ async fn accept_loop(shared: Shared, listener: tokio::net::TcpListener, tls: Opt
             tls: tls.clone(),
             _permit: permit,
             _slot: slot,
-            load: loads.enter(target),
+            load: inner.loads.enter(target),
             threads: Arc::clone(&threads),
         };
         let stream = Stream::Accepted(Socket::Watched(stream));

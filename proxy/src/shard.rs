@@ -140,7 +140,7 @@ impl Loads {
     /// for nothing.
     pub(crate) fn pick(&self, me: usize) -> usize {
         let mine = self.open[me].load(Ordering::Relaxed);
-        let (least, fewest) = self.least(me, mine);
+        let (least, fewest) = self.least();
         if mine > fewest + fewest / 2 + 2 {
             self.moved.fetch_add(1, Ordering::Relaxed);
             least
@@ -149,15 +149,14 @@ impl Loads {
         }
     }
 
-    /// The thread with the fewest open connections, and their count
-    /// (`me` and `mine` when there is only one thread).
-    fn least(&self, me: usize, mine: usize) -> (usize, usize) {
+    /// The thread with the fewest open connections, and their count.
+    fn least(&self) -> (usize, usize) {
         self.open
             .iter()
             .enumerate()
             .map(|(i, n)| (i, n.load(Ordering::Relaxed)))
             .min_by_key(|&(_, n)| n)
-            .unwrap_or((me, mine))
+            .unwrap_or_default()
     }
 
     /// Counts a connection on thread `i` until the guard is dropped.
@@ -197,7 +196,7 @@ impl LoadGuard {
     pub(crate) fn rebalance(&mut self) -> Option<usize> {
         let loads = &self.0;
         let mine = loads.open[self.1].load(Ordering::Relaxed);
-        let (least, fewest) = loads.least(self.1, mine);
+        let (least, fewest) = loads.least();
         if mine <= fewest + 1 + fewest / 16 {
             return None;
         }
