@@ -586,11 +586,13 @@ where
             let active = Arc::clone(&active);
             served.fetch_add(1, Ordering::Relaxed);
             active.fetch_add(1, Ordering::Relaxed);
-            async move {
+            // Boxed: the answer's future is about 4 KiB, and hyper moves
+            // it several times on its way into the stream's task.
+            Box::pin(async move {
                 let resp = observed(inner, client, req).await;
                 active.fetch_sub(1, Ordering::Relaxed);
                 Ok::<_, std::convert::Infallible>(resp)
-            }
+            })
         })
     };
     let mut builder =
