@@ -286,13 +286,18 @@ measure_h2() {
 }
 
 # One measurement against each proxy in turn: FN DOCKHAND_PORT NGINX_PORT
-# HAPROXY_PORT ARGS...
+# HAPROXY_PORT ARGS... RUN. The order rotates with RUN (the last argument),
+# so that over three runs each proxy goes first, second and last once: a
+# disturbance that follows the order (the machine settling after a change
+# of row) falls on every proxy alike.
 each_proxy() {
-  local fn=$1 pd=$2 pn=$3 ph=$4
+  local fn=$1 names=(dockhand nginx haproxy) ports=("$2" "$3" "$4")
   shift 4
-  "$fn" dockhand "$pd" "$@"
-  "$fn" nginx "$pn" "$@"
-  "$fn" haproxy "$ph" "$@"
+  local run=${!#} k i
+  for k in 0 1 2; do
+    i=$(( (k + run - 1) % 3 ))
+    "$fn" "${names[$i]}" "${ports[$i]}" "$@"
+  done
 }
 
 cores=$(nproc)
@@ -497,5 +502,6 @@ if h2_on:
         if p != "h2":
             print(f"note: h2load negotiated {p}, not h2, with {x} in some run")
 
-print(f"\nagent peak RSS over the whole run (includes the c{max(map(int, conns))} rows): {rss / 1024:.1f} MiB")
+largest = f" (includes the c{max(map(int, conns))} rows)" if conns else ""
+print(f"\nagent peak RSS over the whole run{largest}: {rss / 1024:.1f} MiB")
 PY
