@@ -127,6 +127,91 @@ async fn each_authentication_failure_gets_ecs_error_and_changes_nothing_on_postg
     authentication_failures(Some(&pg)).await;
 }
 
+/// `dockhand control migrate` on database `url`: (success, stderr).
+fn migrate(dir: &std::path::Path, url: &str) -> (bool, String) {
+    let config = dir.join("migrate.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "DOCKHAND_CONTROL_DATADIR={}\nDOCKHAND_CONTROL_DATABASE={url}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = support::dockhand()
+        .args(["control", "--config"])
+        .arg(&config)
+        .arg("migrate")
+        .output()
+        .expect("run dockhand control migrate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The control endpoint reaches PostgreSQL over TLS with the server's
+/// certificate checked (`sslmode=verify-full`, the CA in `sslrootcert`), on
+/// a server that takes no plain TCP connection; checked against another CA,
+/// or without TLS, it refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_reaches_postgresql_over_tls_with_its_certificate_checked() {
+    let dir = std::env::temp_dir().join(format!(
+        "dockhand-pgtls-{}-{}",
+        std::process::id(),
+        support::free_port()
+    ));
+    let server = support::certs::issue(&dir, "pg", &["127.0.0.1"]);
+    let other = support::certs::issue(&dir, "other", &["127.0.0.1"]);
+    let pg = Postgres::start_tls(&server.cert, &server.key);
+    let base = pg.database("tls");
+    let url = format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        server.ca.display()
+    );
+    let c = ControlProc::start(
+        "pgtls",
+        CLUSTER,
+        &[&format!("DOCKHAND_CONTROL_DATABASE={url}")],
+    );
+    let v = c.aws(&["create-cluster", "--cluster-name", CLUSTER]);
+    assert_eq!(v["cluster"]["status"], "ACTIVE");
+    let v = c.aws(&["describe-clusters", "--clusters", CLUSTER]);
+    assert_eq!(v["clusters"][0]["clusterName"], CLUSTER, "{v}");
+    // The control's connections, as the server sees them: all encrypted.
+    let seen = pg.query(
+        "postgres",
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = 'tls'",
+    );
+    let (tls, plain) = seen.split_once('|').expect("two columns");
+    assert!(
+        tls.parse::<u32>().unwrap() >= 1,
+        "connections over TLS: {seen}"
+    );
+    assert_eq!(plain, "0", "plain connections: {seen}");
+    drop(c);
+
+    let (ok, err) = migrate(
+        &dir,
+        &format!(
+            "{base}?sslmode=verify-full&sslrootcert={}",
+            other.ca.display()
+        ),
+    );
+    assert!(!ok, "a certificate from another CA was taken");
+    let place = format!("cannot connect to PostgreSQL at 127.0.0.1:{}/tls", pg.port);
+    assert!(err.contains(&place), "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    let (ok, err) = migrate(&dir, &format!("{base}?sslmode=disable"));
+    assert!(!ok, "a plain connection was taken");
+    assert!(
+        err.contains(&place) && err.contains("no encryption"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn walkthrough(pg: Option<&Postgres>) {
     let config = database(
         pg,

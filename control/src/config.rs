@@ -68,7 +68,7 @@ pub const KEYS: &[KeySpec<Config>] = &[
     KeySpec {
         name: "DOCKHAND_CONTROL_DATABASE",
         default: "",
-        meaning: "postgres://user:password@host:port/db to keep the state in PostgreSQL (several replicas); empty for the SQLite file",
+        meaning: "postgres://user:password@host:port/db to keep the state in PostgreSQL (several replicas; TLS with ?sslmode=verify-full&sslrootcert=CA.pem, see docs/control.md); empty for the SQLite file",
         apply: |c, v| {
             c.database = if v.is_empty() {
                 None

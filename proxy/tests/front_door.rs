@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Frame;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,100 +35,19 @@ impl Drop for Dir {
     }
 }
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("the openssl command (Debian's openssl package)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// The root crate's test certificates (tests/support/certs.rs).
+#[path = "../../tests/support/certs.rs"]
+mod certs;
 
 /// A CA (`<name>-ca.pem`) and a P-256 leaf it signed for `names`
 /// (`<name>.pem`, `<name>.key`).
 fn make_cert(dir: &Path, name: &str, names: &[&str]) -> (PathBuf, CertFiles) {
-    let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
-    let (ca_key, ca) = (p(&format!("{name}-ca.key")), p(&format!("{name}-ca.pem")));
-    let (key, csr, cert) = (
-        p(&format!("{name}.key")),
-        p(&format!("{name}.csr")),
-        p(&format!("{name}.pem")),
-    );
-    let ext = p(&format!("{name}.ext"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN={name} test CA"),
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        &format!("/CN={}", names[0]),
-    ]);
-    let sans: Vec<String> = names
-        .iter()
-        .map(|n| {
-            if n.parse::<std::net::IpAddr>().is_ok() {
-                format!("IP:{n}")
-            } else {
-                format!("DNS:{n}")
-            }
-        })
-        .collect();
-    std::fs::write(
-        &ext,
-        format!(
-            "basicConstraints=CA:FALSE\nsubjectAltName={}\n",
-            sans.join(",")
-        ),
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &cert,
-        "-days",
-        "2",
-        "-extfile",
-        &ext,
-    ]);
+    let issued = certs::issue(dir, name, names);
     (
-        PathBuf::from(ca),
+        issued.ca,
         CertFiles {
-            cert: cert.into(),
-            key: key.into(),
+            cert: issued.cert,
+            key: issued.key,
         },
     )
 }

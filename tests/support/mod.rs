@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the rig.
 
+pub mod certs;
 pub mod control;
 pub mod postgres;
 pub mod sim;

@@ -1,7 +1,8 @@
 //! A private PostgreSQL server for a test: Debian's binaries, its own data
-//! directory and port on 127.0.0.1, trust authentication, stopped and
-//! removed when dropped. `scripts/test.sh` installs the `postgresql`
-//! package; the server runs as the `postgres` user (it refuses root).
+//! directory and port on 127.0.0.1, trust authentication (over TLS only
+//! with [`Postgres::start_tls`]), stopped and removed when dropped.
+//! `scripts/test.sh` installs the `postgresql` package; the server runs as
+//! the `postgres` user (it refuses root).
 
 #![allow(dead_code)]
 
@@ -13,6 +14,8 @@ pub struct Postgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Settings added to the server's command line.
+    settings: String,
 }
 
 /// The newest installed server's binaries.
@@ -37,6 +40,44 @@ fn as_postgres(bin: &std::path::Path, tool: &str) -> Command {
 impl Postgres {
     /// Initializes and starts a server.
     pub fn start() -> Postgres {
+        let pg = Postgres::init();
+        pg.resume();
+        pg
+    }
+
+    /// Initializes and starts a server that takes TCP connections over TLS
+    /// only (`hostssl` in pg_hba.conf), with the PEM files `cert` and `key`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Postgres {
+        let mut pg = Postgres::init();
+        let data = pg.dir.join("data");
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            std::fs::copy(from, data.join(to)).expect("copy the server's TLS files");
+        }
+        // The server refuses a key others can read.
+        let ok = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(data.join("server.crt"))
+            .arg(data.join("server.key"))
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("chmod")
+                .arg("600")
+                .arg(data.join("server.key"))
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(ok, "hand the TLS files to postgres");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("write pg_hba.conf");
+        pg.settings = " -c ssl=on".into();
+        pg.resume();
+        pg
+    }
+
+    /// Initializes a server's data directory.
+    fn init() -> Postgres {
         let bin = bin_dir();
         let port = super::free_port();
         let dir = std::env::temp_dir().join(format!("dockhand-pg-{}-{port}", std::process::id()));
@@ -57,17 +98,21 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let pg = Postgres { port, dir, bin };
-        pg.resume();
-        pg
+        Postgres {
+            port,
+            dir,
+            bin,
+            settings: String::new(),
+        }
     }
 
     /// Starts the (stopped) server and waits until it accepts connections.
     pub fn resume(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         let out = as_postgres(&self.bin, "pg_ctl")
             .args(["-w", "-t", "30", "-D"])
@@ -106,20 +151,35 @@ impl Postgres {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
+    /// `psql` on database `db` as the superuser, over TCP (libpq's default
+    /// `sslmode=prefer`: TLS when the server offers it).
+    fn psql(&self, db: &str) -> Command {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", db]);
+        c
+    }
+
+    /// The rows `sql` returns, `|` between columns.
+    pub fn query(&self, db: &str, sql: &str) -> String {
+        let out = self
+            .psql(db)
+            .args(["-At", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// The URL of database `db`, created if missing.
     pub fn database(&self, db: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-            ])
+        let out = self
+            .psql("postgres")
+            .arg("-c")
             .arg(format!("CREATE DATABASE \"{db}\""))
             .output()
             .expect("run psql");
