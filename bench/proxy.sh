@@ -288,8 +288,8 @@ measure_h2() {
 # One measurement against each proxy in turn: FN DOCKHAND_PORT NGINX_PORT
 # HAPROXY_PORT ARGS... RUN. The order rotates with RUN (the last argument),
 # so that over three runs each proxy goes first, second and last once: a
-# disturbance that follows the order (the machine settling after a change
-# of row) falls on every proxy alike.
+# disturbance that follows the order, if there is one, falls on every
+# proxy alike.
 each_proxy() {
   local fn=$1 names=(dockhand nginx haproxy) ports=("$2" "$3" "$4")
   shift 4

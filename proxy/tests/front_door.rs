@@ -942,10 +942,7 @@ async fn a_moved_connection_is_not_taken_for_a_new_one_by_h2c() {
         got.truncate(n);
         got
     };
-    let mut new = tokio::net::TcpStream::connect(("127.0.0.1", f.plain))
-        .await
-        .unwrap();
-    let settings_frame = answer(&mut new).await;
+    let settings_frame = answer(plain(f.plain).await.as_mut()).await;
     assert_eq!(
         settings_frame.get(3),
         Some(&4),

@@ -87,17 +87,12 @@ impl ControlProc {
         let credentials = dir.join("credentials");
         let (config, port) = write_config(&dir, &credentials, extra);
         let new_key = |args: &[&str]| {
-            let out = super::dockhand()
-                .args(["control", "--config"])
-                .arg(&config)
-                .args(["credentials", "new"])
-                .args(args)
-                .output()
-                .expect("run dockhand control credentials new");
-            assert!(
-                out.status.success(),
-                "credentials new: {}",
-                String::from_utf8_lossy(&out.stderr)
+            let out = super::run(
+                super::dockhand()
+                    .args(["control", "--config"])
+                    .arg(&config)
+                    .args(["credentials", "new"])
+                    .args(args),
             );
             parse_profile(&String::from_utf8_lossy(&out.stdout))
         };

@@ -463,6 +463,23 @@ pub struct Container {
     pub labels: HashMap<String, String>,
 }
 
+/// Runs `cmd`, which must succeed; its output. A failure names the
+/// command and gives its standard error.
+pub fn run(cmd: &mut Command) -> std::process::Output {
+    let what = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The `dockhand` binary under test.
 pub fn dockhand() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dockhand"));

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use super::run;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,18 +55,13 @@ impl Postgres {
             std::fs::copy(from, data.join(to)).expect("copy the server's TLS files");
         }
         // The server refuses a key others can read.
-        let ok = Command::new("chown")
+        run(Command::new("chown")
             .args(["postgres:postgres"])
             .arg(data.join("server.crt"))
-            .arg(data.join("server.key"))
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new("chmod")
-                .arg("600")
-                .arg(data.join("server.key"))
-                .status()
-                .is_ok_and(|s| s.success());
-        assert!(ok, "hand the TLS files to postgres");
+            .arg(data.join("server.key")));
+        run(Command::new("chmod")
+            .arg("600")
+            .arg(data.join("server.key")));
         std::fs::write(
             data.join("pg_hba.conf"),
             "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
@@ -82,22 +78,10 @@ impl Postgres {
         let port = super::free_port();
         let dir = std::env::temp_dir().join(format!("dockhand-pg-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the PostgreSQL dir");
-        let ok = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "chown the PostgreSQL dir to postgres");
-        let out = as_postgres(&bin, "initdb")
+        run(Command::new("chown").args(["postgres:postgres"]).arg(&dir));
+        run(as_postgres(&bin, "initdb")
             .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(dir.join("data"))
-            .output()
-            .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg(dir.join("data")));
         Postgres {
             port,
             dir,
@@ -162,16 +146,7 @@ impl Postgres {
 
     /// The rows `sql` returns, `|` between columns.
     pub fn query(&self, db: &str, sql: &str) -> String {
-        let out = self
-            .psql(db)
-            .args(["-At", "-c", sql])
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run(self.psql(db).args(["-At", "-c", sql]));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
