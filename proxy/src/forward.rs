@@ -348,6 +348,43 @@ pub(crate) async fn handle(
         seen.backend = backend;
         return resp;
     }
+    // Boxed: hyper's client futures are large, and every request's future
+    // would carry their size (copied as it is created) if they were inline.
+    let to_task = ToTask {
+        route,
+        algorithm,
+        h2,
+        client_upgrade,
+    };
+    Box::pin(send_to_task(to_task, &inner, parts, body, seen)).await
+}
+
+/// A request on its way to a task through hyper's client: what [`handle`]
+/// found out about it.
+struct ToTask {
+    route: Arc<Route>,
+    algorithm: crate::route::Algorithm,
+    /// The route's tasks speak HTTP/2.
+    h2: bool,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// Sends the request (its head already rewritten for the task), trying
+/// again where that is safe, and returns the task's answer or the
+/// proxy's own.
+async fn send_to_task(
+    t: ToTask,
+    inner: &Inner,
+    mut parts: hyper::http::request::Parts,
+    body: Incoming,
+    seen: &mut Seen,
+) -> Response<ProxyBody> {
+    let ToTask {
+        route,
+        algorithm,
+        h2,
+        client_upgrade,
+    } = t;
     if h2 {
         // The route's tasks speak HTTP/2: every attempt goes in that shape.
         to_h2(&mut parts);
@@ -452,7 +489,7 @@ pub(crate) async fn handle(
                 }
                 last_error = format!("{}: {err}", backend.addr);
                 if err.is_closed() || err.is_incomplete_message() {
-                    lock_eject_if_refused(&inner, &route, &backend, &err);
+                    lock_eject_if_refused(inner, &route, &backend, &err);
                 }
                 if let Some(r) = unsent {
                     request = Some(r);

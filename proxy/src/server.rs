@@ -388,21 +388,8 @@ pub(crate) async fn serve_hyper<I>(
     let peer = client.peer;
     let settings = inner.settings.clone();
     let service = hyper::service::service_fn(move |req| {
-        let inner = Arc::clone(&inner);
         let closing = closing.load(Ordering::Acquire);
-        async move {
-            let mut resp = observed(inner, client, req).await;
-            if closing {
-                // Shutting down: this answer ends the connection,
-                // so the client reconnects (to the next agent)
-                // instead of racing a close on an idle socket.
-                resp.headers_mut().insert(
-                    hyper::header::CONNECTION,
-                    hyper::header::HeaderValue::from_static("close"),
-                );
-            }
-            Ok::<_, std::convert::Infallible>(resp)
-        }
+        observed(Arc::clone(&inner), client, req, closing, None)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -445,12 +432,22 @@ pub(crate) async fn serve_hyper<I>(
 }
 
 /// Forwards one request from hyper's server (HTTP/1.1 or HTTP/2) and
-/// counts it when its answer's body is done (or dropped).
+/// counts it when its answer's body is done (or dropped). With `closing`
+/// (shutting down), the answer ends its HTTP/1.1 connection, so the client
+/// reconnects (to the next agent) instead of racing a close on an idle
+/// socket. `stream` counts an HTTP/2 stream until its answer's head is
+/// ready, or until it is dropped unanswered (reset by the client).
+///
+/// This is the service's future itself, with no `async` block around it:
+/// each such layer would hold another copy of it, and every request's
+/// future is moved as it is created.
 async fn observed(
     inner: Arc<Inner>,
     client: ClientInfo,
     req: hyper::Request<hyper::body::Incoming>,
-) -> hyper::Response<crate::ProxyBody> {
+    closing: bool,
+    stream: Option<ActiveStream>,
+) -> Result<hyper::Response<crate::ProxyBody>, std::convert::Infallible> {
     let started = tokio::time::Instant::now();
     let line = inner.log().is_some().then(|| RequestLine {
         version: if req.version() == hyper::Version::HTTP_2 {
@@ -473,9 +470,16 @@ async fn observed(
             .to_string(),
     });
     let mut seen = forward::Seen::default();
-    let resp = forward::handle(Arc::clone(&inner), client, req, &mut seen).await;
+    let mut resp = forward::handle(Arc::clone(&inner), client, req, &mut seen).await;
+    drop(stream);
+    if closing {
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
     let status = resp.status().as_u16();
-    resp.map(|body| {
+    Ok(resp.map(|body| {
         use http_body_util::BodyExt;
         Observed {
             body,
@@ -488,7 +492,24 @@ async fn observed(
             line,
         }
         .boxed()
-    })
+    }))
+}
+
+/// An HTTP/2 stream being answered, counted on its connection while it
+/// lives (an idle connection is one without any).
+struct ActiveStream(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ActiveStream {
+    fn new(active: &Arc<std::sync::atomic::AtomicUsize>) -> ActiveStream {
+        active.fetch_add(1, Ordering::Relaxed);
+        ActiveStream(Arc::clone(active))
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What the access log says of a request, kept only when it is on.
@@ -582,17 +603,17 @@ where
         let active = Arc::clone(&active);
         let served = Arc::clone(&served);
         hyper::service::service_fn(move |req| {
-            let inner = Arc::clone(&inner);
-            let active = Arc::clone(&active);
             served.fetch_add(1, Ordering::Relaxed);
-            active.fetch_add(1, Ordering::Relaxed);
-            // Boxed: the answer's future is about 4 KiB, and hyper moves
-            // it several times on its way into the stream's task.
-            Box::pin(async move {
-                let resp = observed(inner, client, req).await;
-                active.fetch_sub(1, Ordering::Relaxed);
-                Ok::<_, std::convert::Infallible>(resp)
-            })
+            let stream = ActiveStream::new(&active);
+            // Boxed: hyper moves the future several times on its way into
+            // the stream's task.
+            Box::pin(observed(
+                Arc::clone(&inner),
+                client,
+                req,
+                false,
+                Some(stream),
+            ))
         })
     };
     let mut builder =

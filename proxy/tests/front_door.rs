@@ -481,6 +481,22 @@ where
     (send, task)
 }
 
+/// A prior-knowledge HTTP/2 client on the plain listener at `port`; the
+/// connection task's handle; the authority to ask for.
+async fn h2c_client(
+    port: u16,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+    String,
+) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, conn) = h2_client(tcp).await;
+    (send, conn, format!("127.0.0.1:{port}"))
+}
+
 /// A gRPC-style call: a POST with `te: trailers`; asserts 200 and returns
 /// the whole answer (data and trailers).
 async fn grpc_call(
@@ -553,11 +569,7 @@ async fn h2c_serves_and_a_draining_host_sends_goaway_and_fails_its_health_check(
         ..Settings::default()
     };
     let f = front(settings, None, vec![RouteSpec::default()]).await;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", f.plain))
-        .await
-        .unwrap();
-    let (send, conn) = h2_client(tcp).await;
-    let authority = format!("127.0.0.1:{}", f.plain);
+    let (send, conn, authority) = h2c_client(f.plain).await;
     let r = send
         .clone()
         .send_request(get(&authority, "/"))
@@ -595,6 +607,32 @@ async fn h2c_serves_and_a_draining_host_sends_goaway_and_fails_its_health_check(
     ]))
     .await;
     assert_eq!(code, "503");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_whose_only_stream_was_reset_still_closes_when_idle() {
+    let settings = Settings {
+        h2c: true,
+        idle_timeout: Duration::from_millis(500),
+        ..Settings::default()
+    };
+    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let (send, conn, authority) = h2c_client(f.plain).await;
+    // The task holds /barrier (it waits for 100 requests): the client gives
+    // up on it, and resets the stream, while the proxy waits for the task.
+    let waiting = tokio::spawn({
+        let mut send = send.clone();
+        async move { send.send_request(get(&authority, "/barrier")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    // Nothing is in flight any more: the idle connection gets GOAWAY and
+    // ends, without the client closing it.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("GOAWAY once idle")
+        .unwrap();
 }
 
 #[tokio::test]
