@@ -162,6 +162,17 @@ impl ControlProc {
             if let Ok((200, _)) = super::http_get(self.port, "/health") {
                 return;
             }
+            // One that exited will not answer: say so now, not at the deadline.
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "dockhand control exited ({status}) before it answered; log:\n{}",
+                    self.log()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "dockhand control did not answer; log:\n{}",
