@@ -95,6 +95,48 @@ fn describe_url(url: &str) -> String {
     format!("PostgreSQL at {}", host.split('?').next().unwrap_or(host))
 }
 
+/// What is wrong with how a PostgreSQL URL protects its connection, when
+/// the database is across a network: the URL carries the password, and
+/// only `verify-ca`/`verify-full` make sure it goes to the right server.
+/// `None` for SQLite, loopback, a Unix socket, or a checked certificate.
+fn tls_warning(url: &str) -> Option<&'static str> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let (authority, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, q),
+        None => (rest, ""),
+    };
+    let authority = authority.split('/').next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => hostport.split(':').next().unwrap_or(""),
+    };
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    let host = param("host").unwrap_or(host);
+    let local = host.is_empty()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local {
+        return None;
+    }
+    match param("sslmode").unwrap_or("prefer") {
+        "verify-ca" | "verify-full" => None,
+        "disable" | "allow" => Some("the connection (and its password) is not encrypted"),
+        _ => Some("the server's certificate is not checked, so whoever answers at that address gets the password"),
+    }
+}
+
 /// The database's time, unix milliseconds (leases compare against one
 /// clock, whatever the replicas' clocks say).
 async fn db_now(c: &mut AnyConnection, kind: Kind) -> Result<i64, StoreError> {
@@ -142,6 +184,11 @@ impl Store {
         };
         let options = AnyConnectOptions::from_str(url)?;
         let what = describe_url(url);
+        if let Some(why) = tls_warning(url) {
+            tracing::warn!(
+                "{what}: {why}; add sslmode=verify-full (and sslrootcert=CA.pem) to the URL, see docs/control.md"
+            );
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if kind == Kind::Sqlite { 8 } else { 16 })
             // A database that does not answer makes calls fail in seconds
@@ -1030,6 +1077,32 @@ mod tests {
         drop(c);
         store.close().await;
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_database_across_the_network_without_a_checked_certificate_is_warned_of() {
+        let remote = "postgres://dockhand:pw@db.internal:5432/control";
+        assert!(tls_warning(remote).unwrap().contains("not checked"));
+        for mode in ["prefer", "require"] {
+            let url = format!("{remote}?sslmode={mode}");
+            assert!(tls_warning(&url).unwrap().contains("not checked"), "{url}");
+        }
+        let url = format!("{remote}?sslmode=disable");
+        assert!(tls_warning(&url).unwrap().contains("not encrypted"));
+        for fine in [
+            format!("{remote}?sslmode=verify-full&sslrootcert=/etc/ca.pem"),
+            format!("{remote}?sslrootcert=/etc/ca.pem&sslmode=verify-ca"),
+            "postgres://dockhand:pw@127.0.0.1:5432/control".to_string(),
+            "postgres://dockhand:pw@localhost/control?sslmode=disable".to_string(),
+            "postgresql://dockhand:pw@[::1]:5432/control".to_string(),
+            "postgres:///control?host=/run/postgresql".to_string(),
+            "sqlite:///var/lib/dockhand/control.db".to_string(),
+        ] {
+            assert_eq!(tls_warning(&fine), None, "{fine}");
+        }
+        // `host=` in the query names the server the URL's authority does not.
+        assert!(tls_warning("postgres://u:pw@localhost/c?host=db.internal").is_some());
+        assert!(tls_warning("postgresql://u:pw@[2001:db8::1]:5432/c").is_some());
     }
 
     #[test]
