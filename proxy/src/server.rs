@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 /// A TLS client has this long (or the idle timeout, if shorter) to finish
@@ -435,8 +436,8 @@ pub(crate) async fn serve_hyper<I>(
 /// counts it when its answer's body is done (or dropped). With `closing`
 /// (shutting down), the answer ends its HTTP/1.1 connection, so the client
 /// reconnects (to the next agent) instead of racing a close on an idle
-/// socket. `stream` counts an HTTP/2 stream until its answer's head is
-/// ready, or until it is dropped unanswered (reset by the client).
+/// socket. `stream` keeps an HTTP/2 stream counted as open until its
+/// answer's body is done.
 ///
 /// This is the service's future itself, with no `async` block around it:
 /// each such layer would hold another copy of it, and every request's
@@ -448,7 +449,7 @@ async fn observed(
     closing: bool,
     stream: Option<ActiveStream>,
 ) -> Result<hyper::Response<crate::ProxyBody>, std::convert::Infallible> {
-    let started = tokio::time::Instant::now();
+    let started = Instant::now();
     let line = inner.log().is_some().then(|| RequestLine {
         version: if req.version() == hyper::Version::HTTP_2 {
             "HTTP/2"
@@ -471,7 +472,6 @@ async fn observed(
     });
     let mut seen = forward::Seen::default();
     let mut resp = forward::handle(Arc::clone(&inner), client, req, &mut seen).await;
-    drop(stream);
     if closing {
         resp.headers_mut().insert(
             hyper::header::CONNECTION,
@@ -490,25 +490,57 @@ async fn observed(
             bytes: 0,
             seen,
             line,
+            _stream: stream,
         }
         .boxed()
     }))
 }
 
-/// An HTTP/2 stream being answered, counted on its connection while it
-/// lives (an idle connection is one without any).
-struct ActiveStream(Arc<std::sync::atomic::AtomicUsize>);
+/// An HTTP/2 connection's streams, for its idle timeout: how many are
+/// open, and when the last one ended.
+struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    born: Instant,
+    /// From `born` to the end of the last stream, in milliseconds.
+    last_end: std::sync::atomic::AtomicU64,
+}
+
+impl Streams {
+    fn new() -> Streams {
+        Streams {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            born: Instant::now(),
+            last_end: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Since when no stream has been open (the connection's start if none
+    /// ever was); `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.last_end.load(Ordering::Acquire);
+        Some(self.born + std::time::Duration::from_millis(ms))
+    }
+}
+
+/// One open HTTP/2 stream, from its request until its answer's body is
+/// done, or until it is dropped unanswered (reset by the client).
+struct ActiveStream(Arc<Streams>);
 
 impl ActiveStream {
-    fn new(active: &Arc<std::sync::atomic::AtomicUsize>) -> ActiveStream {
-        active.fetch_add(1, Ordering::Relaxed);
-        ActiveStream(Arc::clone(active))
+    fn new(streams: &Arc<Streams>) -> ActiveStream {
+        streams.open.fetch_add(1, Ordering::AcqRel);
+        ActiveStream(Arc::clone(streams))
     }
 }
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let ms = u64::try_from(self.0.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_end.store(ms, Ordering::Release);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -525,11 +557,13 @@ struct Observed {
     body: crate::ProxyBody,
     inner: Arc<Inner>,
     client: ClientInfo,
-    started: tokio::time::Instant,
+    started: Instant,
     status: u16,
     bytes: u64,
     seen: forward::Seen,
     line: Option<RequestLine>,
+    /// Counts an HTTP/2 stream as open until its answer is done.
+    _stream: Option<ActiveStream>,
 }
 
 impl hyper::body::Body for Observed {
@@ -590,21 +624,19 @@ impl Drop for Observed {
 /// with hyper's server and forward.rs: each stream is one request, sent
 /// to a task over HTTP/1.1. GOAWAY when the host starts draining and on
 /// shutdown (then in-flight streams get the grace period); an
-/// idle connection (no stream for the idle timeout) is closed the same way.
+/// idle connection (no stream open for the idle timeout, counted from the
+/// end of the last one) is closed the same way.
 pub(crate) async fn serve_h2<I>(inner: Arc<Inner>, io: I, client: ClientInfo, watch: drain::Watch)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let settings = inner.settings.clone();
-    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let streams = Arc::new(Streams::new());
     let service = {
         let inner = Arc::clone(&inner);
-        let active = Arc::clone(&active);
-        let served = Arc::clone(&served);
+        let streams = Arc::clone(&streams);
         hyper::service::service_fn(move |req| {
-            served.fetch_add(1, Ordering::Relaxed);
-            let stream = ActiveStream::new(&active);
+            let stream = ActiveStream::new(&streams);
             // Boxed: hyper moves the future several times on its way into
             // the stream's task.
             Box::pin(observed(
@@ -634,9 +666,9 @@ where
     let mut draining = inner.draining_tx.subscribe();
     draining.borrow_and_update();
     let mut goaway = false;
-    let mut idle = tokio::time::interval(settings.idle_timeout);
-    idle.tick().await;
-    let mut last_served = 0;
+    let idle = settings.idle_timeout;
+    let idle_check = tokio::time::sleep(idle);
+    tokio::pin!(idle_check);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -661,13 +693,15 @@ where
                     }
                 }
             },
-            _ = idle.tick(), if !goaway => {
-                let now = served.load(Ordering::Relaxed);
-                if now == last_served && active.load(Ordering::Relaxed) == 0 {
+            () = &mut idle_check, if !goaway => match streams.idle_since() {
+                Some(since) if since + idle <= Instant::now() => {
                     goaway = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                last_served = now;
+                Some(since) => idle_check.as_mut().reset(since + idle),
+                // A stream is open: look again once it could have ended
+                // an idle timeout ago.
+                None => idle_check.as_mut().reset(Instant::now() + idle),
             }
         }
     }

@@ -626,13 +626,20 @@ async fn an_h2_connection_whose_only_stream_was_reset_still_closes_when_idle() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     waiting.abort();
+    let reset = std::time::Instant::now();
     assert!(waiting.await.unwrap_err().is_cancelled());
     // Nothing is in flight any more: the idle connection gets GOAWAY and
-    // ends, without the client closing it.
+    // ends, without the client closing it, an idle timeout after the reset
+    // (not before: the timeout counts from the last stream's end).
     tokio::time::timeout(Duration::from_secs(5), conn)
         .await
         .expect("GOAWAY once idle")
         .unwrap();
+    let after = reset.elapsed();
+    assert!(
+        after >= Duration::from_millis(490),
+        "GOAWAY {after:?} after the reset"
+    );
 }
 
 #[tokio::test]
