@@ -100,29 +100,18 @@ fn describe_url(url: &str) -> String {
 /// only `verify-ca`/`verify-full` make sure it goes to the right server.
 /// `None` for SQLite, loopback, a Unix socket, or a checked certificate.
 fn tls_warning(url: &str) -> Option<&'static str> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))?;
-    let (authority, query) = match rest.split_once('?') {
-        Some((a, q)) => (a, q),
-        None => (rest, ""),
-    };
-    let authority = authority.split('/').next().unwrap_or("");
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match hostport.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => hostport.split(':').next().unwrap_or(""),
-    };
-    let param = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-    };
-    let host = param("host").unwrap_or(host);
-    let local = host.is_empty()
-        || host.starts_with('/')
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    if !url.starts_with("postgres") {
+        return None;
+    }
+    // sqlx's own reading of the URL (and of PGHOST, PGSSLMODE), so the
+    // warning judges what the connection will do.
+    let options = PgConnectOptions::from_str(url).ok()?;
+    let host = options
+        .get_host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let local = options.get_socket().is_some()
         || host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
@@ -130,10 +119,14 @@ fn tls_warning(url: &str) -> Option<&'static str> {
     if local {
         return None;
     }
-    match param("sslmode").unwrap_or("prefer") {
-        "verify-ca" | "verify-full" => None,
-        "disable" | "allow" => Some("the connection (and its password) is not encrypted"),
-        _ => Some("the server's certificate is not checked, so whoever answers at that address gets the password"),
+    match options.get_ssl_mode() {
+        PgSslMode::VerifyCa | PgSslMode::VerifyFull => None,
+        PgSslMode::Disable | PgSslMode::Allow => {
+            Some("the connection (and its password) is not encrypted")
+        }
+        PgSslMode::Prefer | PgSslMode::Require => Some(
+            "the server's certificate is not checked, so whoever answers at that address gets the password",
+        ),
     }
 }
 
