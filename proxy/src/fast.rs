@@ -66,8 +66,9 @@ pub(crate) async fn serve<S: Client>(
 ) -> Option<S> {
     let grace = inner.settings.shutdown_grace;
     let outer = watch.clone();
-    let conn = run(inner, stream, client, closing, watch, load, fresh);
-    tokio::pin!(conn);
+    // Pinned where it is made: `tokio::pin!` on a future already in a
+    // local would keep a second copy of it in this one's state.
+    let mut conn = std::pin::pin!(run(inner, stream, client, closing, watch, load, fresh));
     tokio::select! {
         idle = conn.as_mut() => idle,
         release = outer.signaled() => {
@@ -109,7 +110,7 @@ async fn run<S: Client>(
             if h2c && !cbuf.is_empty() {
                 if cbuf.starts_with(H2_PREFACE) {
                     let io = Rewind::new(cbuf, stream);
-                    crate::server::serve_h2(inner, io, client, watch).await;
+                    Box::pin(crate::server::serve_h2(inner, io, client, watch)).await;
                     return None;
                 }
                 if !H2_PREFACE.starts_with(&cbuf) {
@@ -148,7 +149,10 @@ async fn run<S: Client>(
             Prep::Partial => unreachable!("read again above"),
             Prep::Fallback => {
                 let io = Rewind::new(cbuf, stream);
-                crate::server::serve_hyper(inner, io, client, closing, watch).await;
+                Box::pin(crate::server::serve_hyper(
+                    inner, io, client, closing, watch,
+                ))
+                .await;
                 return None;
             }
             Prep::Local {

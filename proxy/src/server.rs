@@ -309,30 +309,50 @@ impl Connection {
 
     /// Serves it (after the TLS handshake, for a TLS listener's new one) to
     /// the end, or until it moves to another thread between two requests.
+    ///
+    /// This future is what each connection's task holds, so a plain
+    /// connection's stays small: TLS (the handshake's state, a rustls
+    /// connection) lives in a box of its own. With the TLS branches inline
+    /// it was 14 KB, moved and allocated for every accepted connection.
     async fn serve(mut self, stream: Stream) {
         let idle = match stream {
-            Stream::Kept(socket) => self.fast(socket, false).await.map(Stream::Kept),
-            Stream::Tls(tls) => self
-                .fast(*tls, false)
-                .await
-                .map(|t| Stream::Tls(Box::new(t))),
-            Stream::Accepted(socket) => match self.tls.take() {
-                None => self.fast(socket, true).await.map(Stream::Kept),
-                Some(acceptor) => {
-                    let Some(tls) = self.handshake(&acceptor, socket).await else {
-                        return;
-                    };
-                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        let (inner, watch) = (Arc::clone(&self.inner), self.watch.clone());
-                        return serve_h2(inner, tls, self.client, watch).await;
-                    }
-                    self.fast(tls, true).await.map(|t| Stream::Tls(Box::new(t)))
-                }
-            },
+            Stream::Accepted(socket) if self.tls.is_none() => self.plain(socket, true).await,
+            Stream::Kept(socket) => self.plain(socket, false).await,
+            tls => Box::pin(self.serve_tls(tls)).await,
         };
         if let Some(stream) = idle {
             self.move_to(stream);
         }
+    }
+
+    /// [`Connection::serve`] for a TLS connection: a new one (handshake
+    /// first) or one kept alive between two requests.
+    async fn serve_tls(&mut self, stream: Stream) -> Option<Stream> {
+        let tls = match stream {
+            Stream::Tls(tls) => {
+                return self
+                    .fast(*tls, false)
+                    .await
+                    .map(|t| Stream::Tls(Box::new(t)))
+            }
+            Stream::Accepted(socket) => {
+                let acceptor = self.tls.take()?;
+                self.handshake(&acceptor, socket).await?
+            }
+            Stream::Kept(socket) => return self.plain(socket, false).await,
+        };
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let (inner, watch) = (Arc::clone(&self.inner), self.watch.clone());
+            Box::pin(serve_h2(inner, tls, self.client, watch)).await;
+            return None;
+        }
+        self.fast(tls, true).await.map(|t| Stream::Tls(Box::new(t)))
+    }
+
+    /// [`Connection::fast`] for a plain connection: one call site, so one
+    /// copy of its future in [`Connection::serve`]'s.
+    async fn plain(&mut self, socket: Socket, fresh: bool) -> Option<Stream> {
+        self.fast(socket, fresh).await.map(Stream::Kept)
     }
 
     /// The fast path (fast.rs), until the connection ends or is given back
@@ -406,10 +426,9 @@ pub(crate) async fn serve_hyper<I>(
     if settings.max_headers != 100 {
         builder.max_headers(settings.max_headers);
     }
-    let conn = builder
+    let mut conn = std::pin::pin!(builder
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(conn);
+        .with_upgrades());
     // Held until this connection is done: shutdown waits for it.
     let signaled = watch.signaled();
     tokio::select! {
@@ -656,8 +675,7 @@ where
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .max_send_buf_size(256 * 1024);
     let io = crate::coalesce::Coalesce::new(io);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
     let signaled = watch.signaled();
     tokio::pin!(signaled);
     // Connections open when the host starts draining get GOAWAY; one
