@@ -28,6 +28,15 @@ const MAX_IDLE: usize = 512;
 /// bench/proxy.sh; the runtime's queue interval did, see src/main.rs.)
 const MAX_RAW_IDLE: usize = 2048;
 
+/// How many idle fast-path connections of a pool (per proxy thread and
+/// backend) may keep a read buffer grown for a large answer. The pool is a
+/// stack, and these are the ones reused first, so a load of up to this many
+/// concurrent large answers reads each in one call, without allocating. A
+/// connection returned to a deeper pool gets a small buffer again: a burst
+/// of a thousand 64 KiB answers no longer leaves 64 MiB behind (the
+/// allocator keeps most of what is freed later, see [`Backend::trim_idle`]).
+const KEEP_GROWN: usize = 256;
+
 pub(crate) struct Backend {
     pub task: String,
     pub addr: SocketAddr,
@@ -42,7 +51,7 @@ pub(crate) struct Backend {
     /// Idle connections of the fast path (fast.rs), most recent last: one
     /// pool per proxy thread, each used by the thread whose event loop
     /// watches its connections (shard.rs).
-    raw_idle: Box<[Mutex<Vec<Upstream>>]>,
+    raw_idle: Box<[Mutex<RawPool>]>,
     /// Notified whenever in-flight or upgraded counts drop.
     quiet: Notify,
     /// Someone may wait on `quiet` (a drain began): only then do finished
@@ -85,7 +94,7 @@ impl Backend {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             raw_idle: (0..threads.max(1))
-                .map(|_| Mutex::new(Vec::new()))
+                .map(|_| Mutex::new(RawPool::default()))
                 .collect(),
             quiet: Notify::new(),
             watched: AtomicBool::new(false),
@@ -161,8 +170,27 @@ impl Backend {
         lock(&self.idle).clear();
         // Streams in flight keep the connection until they end.
         lock(&self.h2).take();
-        for idle in &self.raw_idle {
-            lock(idle).clear();
+        for pool in &self.raw_idle {
+            let mut pool = lock(pool);
+            pool.idle.clear();
+            pool.low = 0;
+        }
+    }
+
+    /// Gives the read buffers grown for large answers back, on the
+    /// fast-path connections that stayed idle since the last call (the
+    /// health checker calls it every interval). Connections in use keep
+    /// theirs (see [`KEEP_GROWN`]). The memory is free for the next burst;
+    /// glibc's allocator returns little of it to the system, so this
+    /// lowers the agent's RSS less than it frees.
+    pub(crate) fn trim_idle(&self) {
+        for pool in &self.raw_idle {
+            let mut pool = lock(pool);
+            let RawPool { idle, low } = &mut *pool;
+            for up in &mut idle[..*low] {
+                shrink(&mut up.buf);
+            }
+            *low = idle.len();
         }
     }
 
@@ -296,7 +324,13 @@ impl Backend {
         probe: bool,
     ) -> Result<(Upstream, bool), std::io::Error> {
         loop {
-            let Some(up) = lock(self.raw_pool()).pop() else {
+            let popped = {
+                let mut pool = lock(self.raw_pool());
+                let up = pool.idle.pop();
+                pool.low = pool.low.min(pool.idle.len());
+                up
+            };
+            let Some(up) = popped else {
                 break;
             };
             if !probe {
@@ -323,18 +357,18 @@ impl Backend {
         if !self.routable() || !up.buf.is_empty() {
             return;
         }
-        if up.buf.capacity() > 2 * UPSTREAM_BUF {
-            // Grown for a large body: idle connections keep the small size.
-            up.buf = bytes::BytesMut::with_capacity(UPSTREAM_BUF);
+        let mut pool = lock(self.raw_pool());
+        if pool.idle.len() >= MAX_RAW_IDLE {
+            return;
         }
-        let mut idle = lock(self.raw_pool());
-        if idle.len() < MAX_RAW_IDLE {
-            idle.push(up);
+        if pool.idle.len() >= KEEP_GROWN {
+            shrink(&mut up.buf);
         }
+        pool.idle.push(up);
     }
 
     /// The calling proxy thread's idle pool.
-    fn raw_pool(&self) -> &Mutex<Vec<Upstream>> {
+    fn raw_pool(&self) -> &Mutex<RawPool> {
         let i = crate::shard::current() % self.raw_idle.len();
         &self.raw_idle[i]
     }
@@ -355,6 +389,27 @@ impl Backend {
 pub(crate) const UPSTREAM_BUF: usize = 4 * 1024;
 
 /// A fast-path connection to a task, with what was read but not yet used.
+/// Gives an empty read buffer grown for a large answer its small size back.
+fn shrink(buf: &mut bytes::BytesMut) {
+    // `capacity()` would not tell a grown buffer: it counts from where
+    // reading stopped, 0 once a whole answer was consumed. Reclaiming twice
+    // the small size without allocating succeeds only if the buffer is
+    // that large.
+    if buf.try_reclaim(2 * UPSTREAM_BUF) {
+        *buf = bytes::BytesMut::with_capacity(UPSTREAM_BUF);
+    }
+}
+
+/// One proxy thread's idle fast-path connections to a backend.
+#[derive(Default)]
+struct RawPool {
+    /// Most recently returned last, and reused first.
+    idle: Vec<Upstream>,
+    /// The fewest idle since the last [`Backend::trim_idle`]: the
+    /// connections below this index have not left the pool since.
+    low: usize,
+}
+
 pub(crate) struct Upstream {
     pub stream: tokio::net::TcpStream,
     pub buf: bytes::BytesMut,
@@ -381,5 +436,89 @@ impl Drop for Upgraded {
         if self.0.watched.load(Ordering::SeqCst) {
             self.0.quiet.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+
+    /// A routable backend at a listener's address, its pool for one thread.
+    /// (The task accepts and holds every connection.)
+    async fn backend() -> (Backend, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let b = Backend::new("t".into(), addr, 1, Duration::ZERO, 1);
+        assert!(b.record(&Ok(()), &HealthCheck::default()).is_some());
+        assert!(b.routable());
+        (b, task)
+    }
+
+    /// A connection whose buffer read, and then passed on, a 64 KiB answer.
+    async fn used_for_a_large_answer(b: &Backend) -> Upstream {
+        let (mut up, _) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+        up.buf.reserve(64 * 1024);
+        up.buf.extend_from_slice(&[b'x'; 64 * 1024]);
+        up.buf.advance(64 * 1024);
+        up
+    }
+
+    #[tokio::test]
+    async fn connections_returned_to_a_deep_pool_give_their_large_buffers_back() {
+        let (b, _task) = backend().await;
+        let mut ups = Vec::new();
+        for _ in 0..KEEP_GROWN + 2 {
+            ups.push(used_for_a_large_answer(&b).await);
+        }
+        for up in ups {
+            b.checkin_raw(up);
+        }
+        let mut grown = Vec::new();
+        for _ in 0..KEEP_GROWN + 2 {
+            let (mut up, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+            assert!(reused);
+            grown.push(up.buf.try_reclaim(2 * UPSTREAM_BUF));
+            assert!(up.buf.capacity() >= UPSTREAM_BUF);
+        }
+        // Most recent first: the two returned to a pool of KEEP_GROWN.
+        assert_eq!(grown[..2], [false, false]);
+        assert!(grown[2..].iter().all(|&g| g));
+    }
+
+    #[tokio::test]
+    async fn connections_idle_for_a_whole_interval_give_their_large_buffers_back() {
+        let (b, _task) = backend().await;
+        let mut ups = Vec::new();
+        for _ in 0..4 {
+            ups.push(used_for_a_large_answer(&b).await);
+        }
+        for up in ups {
+            b.checkin_raw(up);
+        }
+        // Nothing has stayed idle for a whole interval yet.
+        b.trim_idle();
+        // Two are taken and returned: the pool never went below two.
+        let (x, _) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+        let (y, _) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+        b.checkin_raw(y);
+        b.checkin_raw(x);
+        b.trim_idle();
+        let mut grown = Vec::new();
+        for _ in 0..4 {
+            let (mut up, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+            assert!(reused);
+            grown.push(up.buf.try_reclaim(2 * UPSTREAM_BUF));
+            assert!(up.buf.capacity() >= UPSTREAM_BUF);
+        }
+        // Most recent first: the two in use keep theirs, the two idle
+        // through the interval are small again.
+        assert_eq!(grown, [true, true, false, false]);
     }
 }

@@ -159,6 +159,7 @@ pub(crate) async fn check_loop(inner: Arc<Inner>, route: Arc<Route>, b: Arc<Back
             tokio::time::sleep(interval).await;
         }
         b.tick();
+        b.trim_idle();
     }
 }
 
