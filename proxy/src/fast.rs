@@ -300,8 +300,10 @@ struct Outcome {
 
 /// How passing a body on failed.
 enum RelayError {
-    /// The client went away: nothing more to tell it.
-    Client,
+    /// The client went away: nothing more to tell it. `left`: how much of
+    /// a `Content-Length` body the task has still to send (0 when it was
+    /// all read), `None` for other framings.
+    Client { left: Option<u64> },
     /// The task closed early or framed the body wrongly.
     Task,
 }
@@ -362,7 +364,20 @@ impl Exchange<'_> {
                 }
                 (!close, n)
             }
-            Err(RelayError::Client | RelayError::Task) => (false, 0),
+            Err(RelayError::Client { left: Some(left) }) if head.reusable && left <= DRAIN_MAX => {
+                // The rest of the answer is read and dropped, so the
+                // connection can serve the next request: closing it would
+                // make the next one open a new connection, and a thousand
+                // clients leaving at once (a load balancer's pool, a
+                // benchmark's end) would reopen a thousand at once, more
+                // than many tasks' listen backlogs (128 for Rust's std)
+                // take, and those wait for SYN retransmits (1 s and more).
+                if drain(&mut up, left).await {
+                    backend.checkin_raw(up);
+                }
+                (false, 0)
+            }
+            Err(RelayError::Client { .. } | RelayError::Task) => (false, 0),
         };
         Outcome {
             keep,
@@ -417,7 +432,10 @@ async fn relay<S: Client>(
 ) -> Result<u64, RelayError> {
     let sent = relay_body(client, up, body, answer).await?;
     // TLS keeps what it could not send yet: push it out now.
-    client.flush().await.map_err(|_| RelayError::Client)?;
+    client
+        .flush()
+        .await
+        .map_err(|_| RelayError::Client { left: Some(0) })?;
     Ok(sent)
 }
 
@@ -428,21 +446,27 @@ async fn relay_body<S: Client>(
     body: BodyEnd,
     answer: &[u8],
 ) -> Result<u64, RelayError> {
-    let to_client = |r: std::io::Result<()>| r.map_err(|_| RelayError::Client);
+    let to_client = |r: std::io::Result<()>| r.map_err(|_| RelayError::Client { left: None });
+    // For a known length: what the task has still to send once the bytes
+    // just taken from the buffer are counted, if the client is gone.
+    let gone =
+        |r: std::io::Result<()>, left: u64| r.map_err(|_| RelayError::Client { left: Some(left) });
     match body {
-        BodyEnd::None => to_client(client.write_all(answer).await).map(|()| 0),
+        BodyEnd::None => gone(client.write_all(answer).await, 0).map(|()| 0),
         BodyEnd::Length(length) => {
             let mut left = length;
             let take = left.min(up.buf.len() as u64) as usize;
-            to_client(write_two(client, answer, &up.buf[..take]).await)?;
+            let written = write_two(client, answer, &up.buf[..take]).await;
             up.buf.advance(take);
             left -= take as u64;
+            gone(written, left)?;
             while left > 0 {
                 fill(up, left).await?;
                 let take = left.min(up.buf.len() as u64) as usize;
-                to_client(client.write_all(&up.buf[..take]).await)?;
+                let written = client.write_all(&up.buf[..take]).await;
                 up.buf.advance(take);
                 left -= take as u64;
+                gone(written, left)?;
             }
             Ok(length)
         }
@@ -475,6 +499,30 @@ async fn relay_body<S: Client>(
             }
         }
     }
+}
+
+/// The most of an answer's body read and dropped, after its client went
+/// away, to keep the task connection; a longer rest closes it.
+const DRAIN_MAX: u64 = 64 * 1024;
+
+/// How long the rest of such a body may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops the `left` bytes of a body the client no longer wants;
+/// true when they all came in time and the connection can be reused.
+async fn drain(up: &mut Upstream, mut left: u64) -> bool {
+    let rest = async {
+        while left > 0 {
+            if up.buf.is_empty() {
+                fill(up, left).await.ok()?;
+            }
+            let take = left.min(up.buf.len() as u64) as usize;
+            up.buf.advance(take);
+            left -= take as u64;
+        }
+        Some(())
+    };
+    matches!(tokio::time::timeout(DRAIN_TIME, rest).await, Ok(Some(())))
 }
 
 /// Writes `a` then `b`, gathered into as few system calls as the socket

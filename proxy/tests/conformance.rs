@@ -728,3 +728,89 @@ async fn proxy_threads_share_the_listener_and_end_after_their_connections() {
         "the listener is closed"
     );
 }
+
+/// A backend counting the connections that carried a request other than
+/// its health check: `/big` is 64 KiB sent in two parts 200 ms apart,
+/// anything else `200 ok`.
+async fn counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let used = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&used);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = tokio::io::BufReader::new(r);
+                let mut counted = false;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    loop {
+                        let mut header = String::new();
+                        if r.read_line(&mut header).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                    }
+                    if target != "/health" && !counted {
+                        counted = true;
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let sent = if target == "/big" {
+                        let body = vec![b'x'; 64 * 1024];
+                        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n";
+                        let first = w.write_all(head).await.is_ok()
+                            && w.write_all(&body[..1024]).await.is_ok();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        first && w.write_all(&body[1024..]).await.is_ok()
+                    } else {
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        w.write_all(ok).await.is_ok()
+                    };
+                    if !sent {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, used)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_connection_outlives_a_client_that_left_mid_answer() {
+    let (backend, used) = counting_backend().await;
+    let port = proxy_to(backend).await;
+    tokio::task::spawn_blocking(move || {
+        // A client that reads the start of a 64 KiB answer and leaves.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut start = [0u8; 16];
+        s.read_exact(&mut start).unwrap();
+        assert!(start.starts_with(b"HTTP/1.1 200"));
+        drop(s);
+        // The rest comes 200 ms later, to nobody: read and dropped.
+        std::thread::sleep(Duration::from_millis(600));
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        get_kept(&mut s, "/after");
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        used.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second request reused the first one's task connection"
+    );
+}
