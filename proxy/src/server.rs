@@ -315,38 +315,40 @@ impl Connection {
     /// connection) lives in a box of its own. With the TLS branches inline
     /// it was 14 KB, moved and allocated for every accepted connection.
     async fn serve(mut self, stream: Stream) {
-        let idle = match stream {
-            Stream::Accepted(socket) if self.tls.is_none() => self.plain(socket, true).await,
-            Stream::Kept(socket) => self.plain(socket, false).await,
-            tls => Box::pin(self.serve_tls(tls)).await,
+        let idle = match (stream, self.tls.take()) {
+            (Stream::Accepted(socket), None) => self.plain(socket, true).await,
+            (Stream::Accepted(socket), Some(acceptor)) => {
+                Box::pin(self.serve_new_tls(acceptor, socket)).await
+            }
+            (Stream::Kept(socket), _) => self.plain(socket, false).await,
+            (Stream::Tls(tls), _) => Box::pin(self.fast_tls(*tls, false)).await,
         };
         if let Some(stream) = idle {
             self.move_to(stream);
         }
     }
 
-    /// [`Connection::serve`] for a TLS connection: a new one (handshake
-    /// first) or one kept alive between two requests.
-    async fn serve_tls(&mut self, stream: Stream) -> Option<Stream> {
-        let tls = match stream {
-            Stream::Tls(tls) => {
-                return self
-                    .fast(*tls, false)
-                    .await
-                    .map(|t| Stream::Tls(Box::new(t)))
-            }
-            Stream::Accepted(socket) => {
-                let acceptor = self.tls.take()?;
-                self.handshake(&acceptor, socket).await?
-            }
-            Stream::Kept(socket) => return self.plain(socket, false).await,
-        };
+    /// [`Connection::serve`] for a new TLS connection: the handshake, then
+    /// HTTP/2 or the fast path as ALPN says.
+    async fn serve_new_tls(&mut self, acceptor: TlsAcceptor, socket: Socket) -> Option<Stream> {
+        let tls = self.handshake(&acceptor, socket).await?;
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             let (inner, watch) = (Arc::clone(&self.inner), self.watch.clone());
             Box::pin(serve_h2(inner, tls, self.client, watch)).await;
             return None;
         }
-        self.fast(tls, true).await.map(|t| Stream::Tls(Box::new(t)))
+        self.fast_tls(tls, true).await
+    }
+
+    /// [`Connection::fast`] for a TLS connection.
+    async fn fast_tls(
+        &mut self,
+        tls: tokio_rustls::server::TlsStream<Socket>,
+        fresh: bool,
+    ) -> Option<Stream> {
+        self.fast(tls, fresh)
+            .await
+            .map(|t| Stream::Tls(Box::new(t)))
     }
 
     /// [`Connection::fast`] for a plain connection: one call site, so one
