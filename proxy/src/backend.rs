@@ -388,7 +388,6 @@ impl Backend {
 /// it (fast.rs) and it shrinks back when the connection returns idle.
 pub(crate) const UPSTREAM_BUF: usize = 4 * 1024;
 
-/// A fast-path connection to a task, with what was read but not yet used.
 /// Gives an empty read buffer grown for a large answer its small size back.
 fn shrink(buf: &mut bytes::BytesMut) {
     // `capacity()` would not tell a grown buffer: it counts from where
@@ -410,6 +409,7 @@ struct RawPool {
     low: usize,
 }
 
+/// A fast-path connection to a task, with what was read but not yet used.
 pub(crate) struct Upstream {
     pub stream: tokio::net::TcpStream,
     pub buf: bytes::BytesMut,
@@ -470,6 +470,19 @@ mod tests {
         up
     }
 
+    /// Takes `n` pooled connections, most recent first: whether each one's
+    /// buffer is still grown.
+    async fn grown_in_pool_order(b: &Backend, n: usize) -> Vec<bool> {
+        let mut grown = Vec::new();
+        for _ in 0..n {
+            let (mut up, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+            assert!(reused);
+            grown.push(up.buf.try_reclaim(2 * UPSTREAM_BUF));
+            assert!(up.buf.capacity() >= UPSTREAM_BUF);
+        }
+        grown
+    }
+
     #[tokio::test]
     async fn connections_returned_to_a_deep_pool_give_their_large_buffers_back() {
         let (b, _task) = backend().await;
@@ -480,13 +493,7 @@ mod tests {
         for up in ups {
             b.checkin_raw(up);
         }
-        let mut grown = Vec::new();
-        for _ in 0..KEEP_GROWN + 2 {
-            let (mut up, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
-            assert!(reused);
-            grown.push(up.buf.try_reclaim(2 * UPSTREAM_BUF));
-            assert!(up.buf.capacity() >= UPSTREAM_BUF);
-        }
+        let grown = grown_in_pool_order(&b, KEEP_GROWN + 2).await;
         // Most recent first: the two returned to a pool of KEEP_GROWN.
         assert_eq!(grown[..2], [false, false]);
         assert!(grown[2..].iter().all(|&g| g));
@@ -510,13 +517,7 @@ mod tests {
         b.checkin_raw(y);
         b.checkin_raw(x);
         b.trim_idle();
-        let mut grown = Vec::new();
-        for _ in 0..4 {
-            let (mut up, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
-            assert!(reused);
-            grown.push(up.buf.try_reclaim(2 * UPSTREAM_BUF));
-            assert!(up.buf.capacity() >= UPSTREAM_BUF);
-        }
+        let grown = grown_in_pool_order(&b, 4).await;
         // Most recent first: the two in use keep theirs, the two idle
         // through the interval are small again.
         assert_eq!(grown, [true, true, false, false]);
