@@ -61,7 +61,11 @@ struct State {
     events: Vec<mpsc::Sender<EngineEvent>>,
     /// Every call fails while set (the engine is down).
     down: bool,
+    /// Called with each container as it is stopped, before it exits.
+    on_stop: Option<StopHook>,
 }
+
+type StopHook = Arc<dyn Fn(&FakeContainer) + Send + Sync>;
 
 /// The fake engine; clones share one state.
 #[derive(Clone)]
@@ -103,6 +107,12 @@ impl FakeEngine {
     /// Makes the engine fail every call (or answer again).
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+    }
+
+    /// Calls `hook` with each container the moment it is asked to stop
+    /// (what the container would see as its SIGTERM).
+    pub fn on_stop(&self, hook: impl Fn(&FakeContainer) + Send + Sync + 'static) {
+        self.lock().on_stop = Some(Arc::new(hook));
     }
 
     /// An image present in the local store.
@@ -326,7 +336,11 @@ impl Engine for FakeEngine {
         let mut s = self.lock();
         Self::check_up(&s)?;
         s.calls.push(format!("stop {id}"));
+        let hook = s.on_stop.clone();
         if let Some(c) = Self::find(&mut s, id) {
+            if let Some(hook) = hook {
+                hook(c);
+            }
             if c.state == RunState::Running {
                 c.state = RunState::Exited {
                     code: 143,

@@ -132,6 +132,10 @@ pub struct Supervisor<E, R> {
     ports: PortAllocator,
     ops: JoinSet<OpDone>,
     inflight: HashMap<String, OpKind>,
+    /// Stops decided in this pass (task → remove its containers): started
+    /// once the pass has saved them, so that no container gets its signal
+    /// before the state file says the task is stopping.
+    stops_due: BTreeMap<String, bool>,
     /// Host ports granted to launches that have not shown up yet.
     granted: HashMap<String, BTreeSet<u16>>,
     pending_reason: BTreeMap<String, String>,
@@ -200,6 +204,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             ports,
             ops: JoinSet::new(),
             inflight: HashMap::new(),
+            stops_due: BTreeMap::new(),
             granted: HashMap::new(),
             pending_reason: BTreeMap::new(),
             events: BTreeMap::new(),
@@ -524,6 +529,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             self.forget_removed_services();
         }
         self.save();
+        self.spawn_due_stops(&tasks);
         self.publish(&tasks);
         self.check_ready();
         crate::metrics::reconciled(started.elapsed());

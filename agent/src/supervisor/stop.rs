@@ -295,7 +295,19 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         if let Some(w) = wake {
             self.wake_in(w);
         }
-        for (id, remove) in to_stop {
+        self.stops_due.extend(to_stop);
+    }
+
+    /// Starts the stops this pass decided. Called after the pass saved the
+    /// state: an agent killed between a container's signal and the save
+    /// would leave a state that still wants the task running, and the next
+    /// agent would take the exit for a crash (counted as a failure, its
+    /// container kept beside the desired count).
+    pub(super) fn spawn_due_stops(&mut self, tasks: &BTreeMap<String, TaskObs>) {
+        for (id, remove) in std::mem::take(&mut self.stops_due) {
+            if self.inflight.contains_key(&id) {
+                continue;
+            }
             if let Some(t) = tasks.get(&id) {
                 self.spawn_stop(&id, t, remove);
             }
@@ -359,10 +371,8 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         // A launch in flight is left to finish and the next pass stops it;
         // out of rotation it goes now either way.
         drop(self.router.drain(id));
-        if !self.inflight.contains_key(id) {
-            if let Some(t) = tasks.get(id) {
-                self.spawn_stop(id, t, remove);
-            }
+        if !self.inflight.contains_key(id) && tasks.contains_key(id) {
+            self.stops_due.insert(id.to_string(), remove);
         }
     }
 }

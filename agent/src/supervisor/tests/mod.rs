@@ -731,3 +731,48 @@ async fn tasks_that_die_with_the_engine_are_replaced_without_blaming_the_rollout
         .iter()
         .any(|e| e.message.contains("when the container engine went away")));
 }
+
+/// A stop is on disk before the container gets its signal. Otherwise an
+/// agent killed in between leaves a state file that still wants the task
+/// running, and the next agent takes the exit for a crash: counted as a
+/// failure, its container kept for inspection beside the desired count
+/// (a flake of the chaos test's twenty kills, on a slow disk). A real
+/// agent's stop runs on another worker thread while the pass goes on, so
+/// this test runs on two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_is_saved_before_its_container_is_signalled() {
+    let h = Harness::start().await;
+    let state = h.dir.join("state.json");
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    let record = std::sync::Arc::clone(&seen);
+    h.engine.on_stop(move |c| {
+        let task = task_of(c);
+        let desired = std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::store::State>(&b).ok())
+            .and_then(|s| s.tasks.get(&task).map(|t| format!("{:?}", t.desired)))
+            .unwrap_or_else(|| "not in the state file".into());
+        record.lock().unwrap().push((task, desired));
+    });
+    h.deploy(service("web", 4), 4).await;
+    // A new revision replaces all four: four stops, in the same passes
+    // as other stops and the save.
+    h.deploy(with_env(service("web", 4), "V", "2"), 4).await;
+    h.wait(LIMIT, "the old revision stopped", |h| {
+        h.engine
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("stop "))
+            .count()
+            >= 4
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 4, "{seen:?}");
+    for (task, desired) in &seen {
+        assert_eq!(
+            desired, "Stopped",
+            "task {task} was signalled before its stop was saved"
+        );
+    }
+}
