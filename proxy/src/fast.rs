@@ -300,12 +300,21 @@ struct Outcome {
 
 /// How passing a body on failed.
 enum RelayError {
-    /// The client went away: nothing more to tell it. `left`: how much of
-    /// a `Content-Length` body the task has still to send (0 when it was
-    /// all read), `None` for other framings.
-    Client { left: Option<u64> },
+    /// The client went away: nothing more to tell it. `rest`: what the
+    /// task has still to send of the body.
+    Client { rest: Rest },
     /// The task closed early or framed the body wrongly.
     Task,
+}
+
+/// The part of an answer's body not read yet when its client left.
+enum Rest {
+    /// A `Content-Length` body's bytes still to come (0: all read).
+    Length(u64),
+    /// A chunked body, where its framing stopped.
+    Chunked(Chunked),
+    /// Up to the task's close: the connection cannot be reused.
+    Unknown,
 }
 
 /// One request and its answer.
@@ -364,7 +373,7 @@ impl Exchange<'_> {
                 }
                 (!close, n)
             }
-            Err(RelayError::Client { left: Some(left) }) if head.reusable && left <= DRAIN_MAX => {
+            Err(RelayError::Client { rest }) if head.reusable => {
                 // The rest of the answer is read and dropped, so the
                 // connection can serve the next request: closing it would
                 // make the next one open a new connection, and a thousand
@@ -372,7 +381,7 @@ impl Exchange<'_> {
                 // benchmark's end) would reopen a thousand at once, more
                 // than many tasks' listen backlogs (128 for Rust's std)
                 // take, and those wait for SYN retransmits (1 s and more).
-                if drain(&mut up, left).await {
+                if drain(&mut up, rest).await {
                     backend.checkin_raw(up);
                 }
                 (false, 0)
@@ -432,10 +441,9 @@ async fn relay<S: Client>(
 ) -> Result<u64, RelayError> {
     let sent = relay_body(client, up, body, answer).await?;
     // TLS keeps what it could not send yet: push it out now.
-    client
-        .flush()
-        .await
-        .map_err(|_| RelayError::Client { left: Some(0) })?;
+    client.flush().await.map_err(|_| RelayError::Client {
+        rest: Rest::Length(0),
+    })?;
     Ok(sent)
 }
 
@@ -446,27 +454,25 @@ async fn relay_body<S: Client>(
     body: BodyEnd,
     answer: &[u8],
 ) -> Result<u64, RelayError> {
-    let to_client = |r: std::io::Result<()>| r.map_err(|_| RelayError::Client { left: None });
-    // For a known length: what the task has still to send once the bytes
-    // just taken from the buffer are counted, if the client is gone.
-    let gone =
-        |r: std::io::Result<()>, left: u64| r.map_err(|_| RelayError::Client { left: Some(left) });
+    // If the client is gone: what the task has still to send, once the
+    // bytes just taken from the buffer are counted.
+    let gone = |r: std::io::Result<()>, rest: Rest| r.map_err(|_| RelayError::Client { rest });
     match body {
-        BodyEnd::None => gone(client.write_all(answer).await, 0).map(|()| 0),
+        BodyEnd::None => gone(client.write_all(answer).await, Rest::Length(0)).map(|()| 0),
         BodyEnd::Length(length) => {
             let mut left = length;
             let take = left.min(up.buf.len() as u64) as usize;
             let written = write_two(client, answer, &up.buf[..take]).await;
             up.buf.advance(take);
             left -= take as u64;
-            gone(written, left)?;
+            gone(written, Rest::Length(left))?;
             while left > 0 {
                 fill(up, left).await?;
                 let take = left.min(up.buf.len() as u64) as usize;
                 let written = client.write_all(&up.buf[..take]).await;
                 up.buf.advance(take);
                 left -= take as u64;
-                gone(written, left)?;
+                gone(written, Rest::Length(left))?;
             }
             Ok(length)
         }
@@ -474,27 +480,29 @@ async fn relay_body<S: Client>(
             let mut framing = Chunked::new();
             let take = framing.feed(&up.buf).map_err(|_| RelayError::Task)?;
             let mut sent = take as u64;
-            to_client(write_two(client, answer, &up.buf[..take]).await)?;
+            let written = write_two(client, answer, &up.buf[..take]).await;
             up.buf.advance(take);
+            gone(written, Rest::Chunked(framing))?;
             while !framing.done() {
                 fill(up, framing.left()).await?;
                 let take = framing.feed(&up.buf).map_err(|_| RelayError::Task)?;
-                to_client(client.write_all(&up.buf[..take]).await)?;
+                let written = client.write_all(&up.buf[..take]).await;
                 up.buf.advance(take);
+                gone(written, Rest::Chunked(framing))?;
                 sent += take as u64;
             }
             Ok(sent)
         }
         BodyEnd::Close => {
             let mut sent = up.buf.len() as u64;
-            to_client(write_two(client, answer, &up.buf).await)?;
+            gone(write_two(client, answer, &up.buf).await, Rest::Unknown)?;
             up.buf.clear();
             loop {
                 if fill(up, MAX_READ as u64).await.is_err() {
                     return Ok(sent); // the end of the body
                 }
                 sent += up.buf.len() as u64;
-                to_client(client.write_all(&up.buf).await)?;
+                gone(client.write_all(&up.buf).await, Rest::Unknown)?;
                 up.buf.clear();
             }
         }
@@ -508,21 +516,42 @@ const DRAIN_MAX: u64 = 64 * 1024;
 /// How long the rest of such a body may take.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reads and drops the `left` bytes of a body the client no longer wants;
-/// true when they all came in time and the connection can be reused.
-async fn drain(up: &mut Upstream, mut left: u64) -> bool {
-    let rest = async {
-        while left > 0 {
-            if up.buf.is_empty() {
-                fill(up, left).await.ok()?;
+/// Reads and drops the rest of a body the client no longer wants; true
+/// when it all came, within [`DRAIN_MAX`] bytes and [`DRAIN_TIME`], and the
+/// connection can be reused.
+async fn drain(up: &mut Upstream, rest: Rest) -> bool {
+    let read = async {
+        match rest {
+            Rest::Length(mut left) => {
+                if left > DRAIN_MAX {
+                    return None;
+                }
+                while left > 0 {
+                    if up.buf.is_empty() {
+                        fill(up, left).await.ok()?;
+                    }
+                    let take = left.min(up.buf.len() as u64) as usize;
+                    up.buf.advance(take);
+                    left -= take as u64;
+                }
             }
-            let take = left.min(up.buf.len() as u64) as usize;
-            up.buf.advance(take);
-            left -= take as u64;
+            Rest::Chunked(mut framing) => {
+                let mut budget = DRAIN_MAX;
+                while !framing.done() {
+                    if up.buf.is_empty() {
+                        fill(up, framing.left().min(budget)).await.ok()?;
+                    }
+                    // The framing takes every byte up to the body's end.
+                    let take = framing.feed(&up.buf).ok()?;
+                    budget = budget.checked_sub(take as u64)?;
+                    up.buf.advance(take);
+                }
+            }
+            Rest::Unknown => return None,
         }
         Some(())
     };
-    matches!(tokio::time::timeout(DRAIN_TIME, rest).await, Ok(Some(())))
+    matches!(tokio::time::timeout(DRAIN_TIME, read).await, Ok(Some(())))
 }
 
 /// Writes `a` then `b`, gathered into as few system calls as the socket
@@ -603,5 +632,56 @@ impl<S: Client> AsyncWrite for Rewind<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// A task connection whose task sends `bytes` and keeps the connection.
+    async fn upstream_sending(bytes: Vec<u8>) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&bytes).await.unwrap();
+            // Held open: the drain must stop at the body's end, not at EOF.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        Upstream {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::with_capacity(UPSTREAM_BUF),
+        }
+    }
+
+    fn chunks(n: usize) -> Vec<u8> {
+        let chunk = [b"400\r\n".as_slice(), &[b'x'; 1024], b"\r\n"].concat();
+        let mut body = chunk.repeat(n);
+        body.extend_from_slice(b"0\r\n\r\n");
+        body
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_chunked_answer_is_drained_up_to_its_end_only() {
+        let mut up = upstream_sending(chunks(40)).await;
+        assert!(drain(&mut up, Rest::Chunked(Chunked::new())).await);
+        assert!(up.buf.is_empty(), "nothing after the body was read");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_rest_longer_than_the_drain_limit_closes_the_connection() {
+        let mut up = upstream_sending(chunks(80)).await;
+        assert!(!drain(&mut up, Rest::Chunked(Chunked::new())).await);
+    }
+
+    #[tokio::test]
+    async fn a_length_rest_beyond_the_limit_is_not_read_at_all() {
+        let mut up = upstream_sending(vec![b'x'; 1024]).await;
+        assert!(!drain(&mut up, Rest::Length(DRAIN_MAX + 1)).await);
+        assert!(up.buf.is_empty());
+        assert!(!drain(&mut up, Rest::Unknown).await);
     }
 }

@@ -772,6 +772,16 @@ async fn counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
                             && w.write_all(&body[..1024]).await.is_ok();
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         first && w.write_all(&body[1024..]).await.is_ok()
+                    } else if target == "/big-chunked" {
+                        // 48 chunks of 1 KiB, the first before the pause.
+                        let chunk = [b"400\r\n".as_slice(), &[b'x'; 1024], b"\r\n"].concat();
+                        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                        let first =
+                            w.write_all(head).await.is_ok() && w.write_all(&chunk).await.is_ok();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let mut rest = chunk.repeat(47);
+                        rest.extend_from_slice(b"0\r\n\r\n");
+                        first && w.write_all(&rest).await.is_ok()
                     } else {
                         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                         w.write_all(ok).await.is_ok()
@@ -788,13 +798,24 @@ async fn counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_connection_outlives_a_client_that_left_mid_answer() {
+    leaves_mid_answer("/big").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_connection_outlives_a_client_that_left_mid_chunked_answer() {
+    leaves_mid_answer("/big-chunked").await;
+}
+
+/// A client reads the start of the answer at `target` and leaves; the
+/// next request must reuse the task connection.
+async fn leaves_mid_answer(target: &'static str) {
     let (backend, used) = counting_backend().await;
     let port = proxy_to(backend).await;
     tokio::task::spawn_blocking(move || {
-        // A client that reads the start of a 64 KiB answer and leaves.
+        // A client that reads the start of a large answer and leaves.
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .unwrap();
         let mut start = [0u8; 16];
         s.read_exact(&mut start).unwrap();
