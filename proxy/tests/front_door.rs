@@ -1,7 +1,8 @@
 //! The proxy as a host's front door, through real clients: TLS with curl
 //! and rustls, certificates picked by SNI and swapped under load, HTTP/2
 //! over TLS (ALPN) and prior-knowledge h2c, 100 streams on one
-//! connection, trailers, GOAWAY when the host drains, HTTP-to-HTTPS
+//! connection, trailers, GOAWAY when the host drains or the connection
+//! idles (a long answer counting as a stream until its end), HTTP-to-HTTPS
 //! redirects, the host health path, the access log and route metrics,
 //! and keep-alive connections (plain and TLS) moving between threads.
 //! Certificates are made for each test with the `openssl` command.
@@ -120,6 +121,20 @@ async fn backend() -> (SocketAddr, Protos) {
                                     ];
                                     futures_stream(frames).boxed()
                                 }
+                                "/slow" => {
+                                    // Five lines, 250 ms apart.
+                                    let (tx, rx) = tokio::sync::mpsc::channel(1);
+                                    tokio::spawn(async move {
+                                        for i in 0..5u8 {
+                                            tokio::time::sleep(Duration::from_millis(250)).await;
+                                            let line = Bytes::from(vec![b'0' + i, b'\n']);
+                                            if tx.send(Frame::data(line)).await.is_err() {
+                                                return;
+                                            }
+                                        }
+                                    });
+                                    channel_body(rx).boxed()
+                                }
                                 _ => Full::new(Bytes::from_static(b"ok\n")).boxed(),
                             };
                             let mut r = hyper::Response::new(body);
@@ -159,6 +174,25 @@ fn futures_stream(
         }
     }
     Frames(frames.into())
+}
+
+/// A body whose frames come from `rx`, as they are sent; it ends when the
+/// sender is dropped.
+fn channel_body(
+    rx: tokio::sync::mpsc::Receiver<Frame<Bytes>>,
+) -> impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> {
+    struct Channel(tokio::sync::mpsc::Receiver<Frame<Bytes>>);
+    impl hyper::body::Body for Channel {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|f| f.map(Ok))
+        }
+    }
+    Channel(rx)
 }
 
 struct Front {
@@ -640,6 +674,48 @@ async fn an_h2_connection_whose_only_stream_was_reset_still_closes_when_idle() {
         after >= Duration::from_millis(490),
         "GOAWAY {after:?} after the reset"
     );
+}
+
+/// An answer whose body takes longer than the idle timeout keeps its
+/// stream counted: no GOAWAY while it is sent, and the idle timeout
+/// counts from its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_answer_longer_than_the_idle_timeout_is_not_cut_and_idles_from_its_end() {
+    let settings = Settings {
+        h2c: true,
+        idle_timeout: Duration::from_millis(500),
+        ..Settings::default()
+    };
+    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let (send, mut conn, authority) = h2c_client(f.plain).await;
+    let started = std::time::Instant::now();
+    let r = send
+        .clone()
+        .send_request(get(&authority, "/slow"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"0\n1\n2\n3\n4\n");
+    let ended = std::time::Instant::now();
+    assert!(
+        ended - started >= Duration::from_millis(1000),
+        "the body took {:?}, less than twice the idle timeout",
+        ended - started
+    );
+    // Had the stream stopped counting when its head was sent, GOAWAY would
+    // have gone out mid-body, and the connection would close as soon as
+    // the body ended. It stays open for the idle timeout.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        !conn.is_finished(),
+        "the connection closed right after the body"
+    );
+    tokio::time::timeout(Duration::from_secs(5), &mut conn)
+        .await
+        .expect("GOAWAY once idle")
+        .unwrap();
+    assert!(ended.elapsed() >= Duration::from_millis(490));
 }
 
 #[tokio::test]
