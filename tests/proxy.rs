@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use support::{docker, http_get, raw, routed_service, wait_for, Agent, Load};
+use support::{certs, docker, http_get, raw, routed_service, wait_for, Agent, Load};
 
 const T: Duration = Duration::from_secs(40);
 
@@ -572,38 +572,8 @@ async fn a_task_killed_under_load_fails_no_request() {
     );
 }
 
-/// A self-signed P-256 certificate for `names` (curl trusts it with
-/// `--cacert`): (cert, key) paths.
-fn self_signed(dir: &std::path::Path, stem: &str, names: &str) -> (String, String) {
-    let cert = dir.join(format!("{stem}.pem")).display().to_string();
-    let key = dir.join(format!("{stem}.key")).display().to_string();
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args([
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=dockhand test",
-            "-keyout",
-            &key,
-        ])
-        .args(["-out", &cert, "-addext", &format!("subjectAltName={names}")])
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
+fn path(p: &std::path::Path) -> String {
+    p.display().to_string()
 }
 
 /// `curl ARGS`: (exit success, `%{http_code} %{http_version}`, body).
@@ -629,7 +599,8 @@ async fn the_agent_terminates_tls_speaks_h2_redirects_logs_and_reloads_on_sighup
     let tls_port = support::free_port();
     let scratch = std::env::temp_dir().join(format!("dockhand-it-tls-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
-    let (cert, key) = self_signed(&scratch, "first", "DNS:localhost,DNS:shop.test");
+    let first = certs::issue(&scratch, "first", &["localhost", "shop.test"]);
+    let (cert, key, ca) = (path(&first.cert), path(&first.key), path(&first.ca));
     let log = scratch.join("access.log");
     let mut agent = Agent::new(
         "tls",
@@ -650,13 +621,13 @@ async fn the_agent_terminates_tls_speaks_h2_redirects_logs_and_reloads_on_sighup
     let on_tls = format!("shop.test:{tls_port}:127.0.0.1");
     let on_plain = format!("shop.test:{}:127.0.0.1", agent.proxy);
     let url = format!("https://shop.test:{tls_port}/");
-    let (ok, tail, body) = curl(&["--cacert", &cert, "--resolve", &on_tls, "--http1.1", &url]);
+    let (ok, tail, body) = curl(&["--cacert", &ca, "--resolve", &on_tls, "--http1.1", &url]);
     assert!(
         ok && tail == "200 1.1" && body.starts_with("Hello"),
         "{tail} {body}\n{}",
         agent.log()
     );
-    let (ok, tail, _) = curl(&["--cacert", &cert, "--resolve", &on_tls, "--http2", &url]);
+    let (ok, tail, _) = curl(&["--cacert", &ca, "--resolve", &on_tls, "--http2", &url]);
     assert!(ok && tail == "200 2", "{tail}");
     let (ok, tail, _) = curl(&[
         "--resolve",
@@ -665,10 +636,12 @@ async fn the_agent_terminates_tls_speaks_h2_redirects_logs_and_reloads_on_sighup
     ]);
     assert!(ok && tail == "308 1.1", "plain HTTP is redirected: {tail}");
 
-    // SIGHUP: a new certificate in the same files is served at once.
-    let (new_cert, new_key) = self_signed(&scratch, "second", "DNS:shop.test");
-    std::fs::rename(&new_key, &key).unwrap();
-    std::fs::rename(&new_cert, &cert).unwrap();
+    // SIGHUP: a new certificate in the same files is served at once. It
+    // is from another CA: only the new one passes the check below.
+    let second = certs::issue(&scratch, "second", &["shop.test"]);
+    let new_ca = path(&second.ca);
+    std::fs::rename(&second.key, &key).unwrap();
+    std::fs::rename(&second.cert, &cert).unwrap();
     let _ = std::process::Command::new("kill")
         .args(["-HUP", &agent.pid().to_string()])
         .status();
@@ -676,7 +649,7 @@ async fn the_agent_terminates_tls_speaks_h2_redirects_logs_and_reloads_on_sighup
         Duration::from_secs(10),
         "the new certificate after SIGHUP",
         || async {
-            let (ok, tail, _) = curl(&["--cacert", &cert, "--resolve", &on_tls, &url]);
+            let (ok, tail, _) = curl(&["--cacert", &new_ca, "--resolve", &on_tls, &url]);
             (ok && tail == "200 2").then_some(())
         },
     )
@@ -714,7 +687,8 @@ async fn a_socket_named_tls_is_a_tls_listener() {
     let tls_port = support::free_port();
     let scratch = std::env::temp_dir().join(format!("dockhand-it-tlsfd-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
-    let (cert, key) = self_signed(&scratch, "cert", "DNS:localhost");
+    let issued = certs::issue(&scratch, "cert", &["localhost"]);
+    let (cert, key, ca) = (path(&issued.cert), path(&issued.key), path(&issued.ca));
     let mut agent = Agent::new(
         "tlsfd",
         &[
@@ -735,7 +709,7 @@ async fn a_socket_named_tls_is_a_tls_listener() {
     });
     agent.write_service(routed_service("web", 1, &[], 1));
     healthy_count(&agent, "web", 1).await;
-    let (ok, tail, body) = curl(&["--cacert", &cert, &format!("https://localhost:{tls_port}/")]);
+    let (ok, tail, body) = curl(&["--cacert", &ca, &format!("https://localhost:{tls_port}/")]);
     assert!(
         ok && tail == "200 2" && body.starts_with("Hello"),
         "{tail} {body}\n{}",
