@@ -54,7 +54,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             })
             .collect();
         for (id, why) in stops {
-            self.request_stop(&id, &why, tasks, true);
+            self.request_stop(&id, &why, true);
         }
         // Tasks placed here and not started yet. A task this agent saw end
         // is never started again under the same id: its end is reported,

@@ -75,7 +75,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in ids {
-                self.request_stop(&id, "service removed", tasks, true);
+                self.request_stop(&id, "service removed", true);
             }
             self.router.set_routes(name, &[]);
             self.pending_reason.remove(name);
@@ -98,7 +98,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             .state
             .revision_of(&spec.task_definition.family, &digest);
         let views = self.views(&spec, &digest, tasks);
-        self.fail_unproven(&spec, &views, tasks);
+        self.fail_unproven(&spec, &views);
 
         let dc = &spec.deployment_configuration;
         let plan = rollout::plan(
@@ -111,7 +111,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             tracing::debug!(service = name, ?views, ?plan, "rollout plan");
         }
         for (id, why) in &plan.stop {
-            self.request_stop(id, why, tasks, true);
+            self.request_stop(id, why, true);
         }
 
         let mut reason = plan.waiting.clone();
@@ -246,12 +246,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
 
     /// Fails the new tasks of a routed service that have been running past
     /// their health deadline without ever passing their checks.
-    fn fail_unproven(
-        &mut self,
-        spec: &ServiceSpec,
-        views: &[TaskView],
-        tasks: &BTreeMap<String, TaskObs>,
-    ) {
+    fn fail_unproven(&mut self, spec: &ServiceSpec, views: &[TaskView]) {
         let Some(deadline) = health_deadline(spec) else {
             return;
         };
@@ -278,7 +273,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                 Some(f) => format!("never passed its health checks in {secs}s (last: {f})"),
                 None => format!("never passed its health checks in {secs}s"),
             };
-            self.fail_task(&id, &why, tasks);
+            self.fail_task(&id, &why);
         }
     }
 
@@ -439,7 +434,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
 
     /// Fails a running task (counted like a crash) and stops it, keeping its
     /// containers for inspection.
-    pub(super) fn fail_task(&mut self, id: &str, why: &str, tasks: &BTreeMap<String, TaskObs>) {
+    pub(super) fn fail_task(&mut self, id: &str, why: &str) {
         let Some(service) = self.store.state.tasks.get(id).map(|r| r.service.clone()) else {
             return;
         };
@@ -448,6 +443,6 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             rec.crash_counted = true;
         }
         tracing::debug!(task = short(id), "failing task");
-        self.request_stop(id, why, tasks, false);
+        self.request_stop(id, why, false);
     }
 }

@@ -272,8 +272,9 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         }
     }
 
-    /// Tasks the agent wants stopped: stop what still runs, remove what
-    /// should go, and clean up failed tasks after the cleanup wait.
+    /// Tasks the agent wants stopped: stops (after the pass's save) what
+    /// still runs, removes what should go, and cleans up failed tasks after
+    /// the cleanup wait.
     pub(super) fn drive_stops(&mut self, tasks: &BTreeMap<String, TaskObs>) {
         let cleanup_wait = self.cfg.task_cleanup_wait;
         let mut to_stop = Vec::new();
@@ -306,6 +307,8 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
     pub(super) fn spawn_due_stops(&mut self, tasks: &BTreeMap<String, TaskObs>) {
         for (id, remove) in std::mem::take(&mut self.stops_due) {
             if self.inflight.contains_key(&id) {
+                // A launch in flight is left to finish; the next pass
+                // stops the task (drive_stops).
                 continue;
             }
             if let Some(t) = tasks.get(&id) {
@@ -353,13 +356,10 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         });
     }
 
-    pub(super) fn request_stop(
-        &mut self,
-        id: &str,
-        why: &str,
-        tasks: &BTreeMap<String, TaskObs>,
-        remove: bool,
-    ) {
+    /// Marks a task stopped (the pass's save records it) and takes it out
+    /// of rotation; [`Self::spawn_due_stops`] stops its containers after
+    /// the save.
+    pub(super) fn request_stop(&mut self, id: &str, why: &str, remove: bool) {
         let Some(rec) = self.store.state.tasks.get_mut(id) else {
             return;
         };
@@ -368,12 +368,9 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         rec.stop_reason = Some(why.to_string());
         let service = rec.service.clone();
         self.event(&service, format!("stopping task {}: {why}", short(id)));
-        // A launch in flight is left to finish and the next pass stops it;
-        // out of rotation it goes now either way.
+        // Out of rotation now, even while a launch is in flight.
         drop(self.router.drain(id));
-        if !self.inflight.contains_key(id) && tasks.contains_key(id) {
-            self.stops_due.insert(id.to_string(), remove);
-        }
+        self.stops_due.insert(id.to_string(), remove);
     }
 }
 
