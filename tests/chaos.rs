@@ -8,7 +8,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
-use support::{docker, http_get, routed_service, wait_for, Agent, Container};
+use support::{docker, http_get, routed_service, wait_for, wait_until, Agent, Container};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -83,37 +83,44 @@ async fn twenty_kills_during_rollouts_lose_or_duplicate_nothing() {
     }
     // The last revision, exactly 4 tasks, every one healthy, nothing else.
     // A timeout shows what was there instead.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let last = loop {
-        let s = agent.service("roll");
-        let cs = agent.containers(&d).await;
-        let ok = s
-            .as_ref()
-            .is_some_and(|s| s["HealthyCount"] == 4 && s["RunningCount"] == 4)
-            && cs.len() == 4
-            && cs
+    let last = wait_until(
+        Duration::from_secs(120),
+        "4 healthy tasks of the last revision",
+        || async {
+            let s = agent.service("roll");
+            let cs = agent.containers(&d).await;
+            let ok = s
+                .as_ref()
+                .is_some_and(|s| s["HealthyCount"] == 4 && s["RunningCount"] == 4)
+                && cs.len() == 4
+                && cs.iter().all(|c| {
+                    c.running && c.labels.get("dockhand.revision") == Some(&"21".to_string())
+                });
+            if ok {
+                return Ok(cs);
+            }
+            let containers: Vec<String> = cs
                 .iter()
-                .all(|c| c.running && c.labels.get("dockhand.revision") == Some(&"21".to_string()));
-        if ok {
-            break cs;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after 120 s waiting for 4 healthy tasks of the last revision\nservice: {}\ncontainers (task, revision, running, exit code):\n{}",
-            s.map_or("none".into(), |s| s.to_string()),
-            cs.iter()
-                .map(|c| format!(
-                    "  {} {} {} {:?}",
-                    c.labels.get("dockhand.task").map_or("?", String::as_str),
-                    c.labels.get("dockhand.revision").map_or("?", String::as_str),
-                    c.running,
-                    c.exit_code
-                ))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+                .map(|c| {
+                    format!(
+                        "  {} {} {} {:?}",
+                        c.labels.get("dockhand.task").map_or("?", String::as_str),
+                        c.labels
+                            .get("dockhand.revision")
+                            .map_or("?", String::as_str),
+                        c.running,
+                        c.exit_code
+                    )
+                })
+                .collect();
+            Err(format!(
+                "service: {}\ncontainers (task, revision, running, exit code):\n{}",
+                s.map_or("none".into(), |s| s.to_string()),
+                containers.join("\n")
+            ))
+        },
+    )
+    .await;
     assert_no_duplicate_task(&last);
     // No orphan: every container is a task the agent knows, RUNNING.
     let tasks = agent.api_get("/v1/tasks").expect("tasks");

@@ -593,13 +593,31 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    wait_until(timeout, what, || {
+        let checked = check();
+        async move { checked.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// [`wait_for`] whose `check` says what it found instead (`Err`): a
+/// timeout panics with the last of those.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = check().await {
-            return v;
-        }
+        let found = match check().await {
+            Ok(v) => return v,
+            Err(found) => found,
+        };
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            if found.is_empty() {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            panic!("timed out after {timeout:?} waiting for {what}; last seen:\n{found}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
