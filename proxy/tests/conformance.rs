@@ -731,7 +731,8 @@ async fn proxy_threads_share_the_listener_and_end_after_their_connections() {
 
 /// A backend counting the connections that carried a request other than
 /// its health check: `/big` is 64 KiB sent in two parts 200 ms apart,
-/// anything else `200 ok`.
+/// `/big-chunked` 48 KiB in chunks of 1 KiB with the same pause after the
+/// first, anything else `200 ok`.
 async fn counting_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};

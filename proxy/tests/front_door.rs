@@ -643,15 +643,32 @@ async fn h2c_serves_and_a_draining_host_sends_goaway_and_fails_its_health_check(
     assert_eq!(code, "503");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h2_connection_whose_only_stream_was_reset_still_closes_when_idle() {
+/// The idle timeout of the h2c idle tests.
+const IDLE: Duration = Duration::from_millis(500);
+
+/// A proxy with prior-knowledge h2c and the idle timeout `idle`, and an h2c
+/// client connected to it ([`h2c_client`]'s three values after the proxy).
+async fn h2c_idling_after(
+    idle: Duration,
+) -> (
+    Front,
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<()>,
+    String,
+) {
     let settings = Settings {
         h2c: true,
-        idle_timeout: Duration::from_millis(500),
+        idle_timeout: idle,
         ..Settings::default()
     };
     let f = front(settings, None, vec![RouteSpec::default()]).await;
     let (send, conn, authority) = h2c_client(f.plain).await;
+    (f, send, conn, authority)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_whose_only_stream_was_reset_still_closes_when_idle() {
+    let (_f, send, conn, authority) = h2c_idling_after(IDLE).await;
     // The task holds /barrier (it waits for 100 requests): the client gives
     // up on it, and resets the stream, while the proxy waits for the task.
     let waiting = tokio::spawn({
@@ -681,13 +698,7 @@ async fn an_h2_connection_whose_only_stream_was_reset_still_closes_when_idle() {
 /// counts from its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_answer_longer_than_the_idle_timeout_is_not_cut_and_idles_from_its_end() {
-    let settings = Settings {
-        h2c: true,
-        idle_timeout: Duration::from_millis(500),
-        ..Settings::default()
-    };
-    let f = front(settings, None, vec![RouteSpec::default()]).await;
-    let (send, mut conn, authority) = h2c_client(f.plain).await;
+    let (_f, send, mut conn, authority) = h2c_idling_after(IDLE).await;
     let started = std::time::Instant::now();
     let r = send
         .clone()
