@@ -109,8 +109,7 @@ async fn run<S: Client>(
         let prep = loop {
             if h2c && !cbuf.is_empty() {
                 if cbuf.starts_with(H2_PREFACE) {
-                    let io = Rewind::new(cbuf, stream);
-                    Box::pin(crate::server::serve_h2(inner, io, client, watch)).await;
+                    Box::pin(crate::http2::serve(inner, stream, &cbuf, client, watch)).await;
                     return None;
                 }
                 if !H2_PREFACE.starts_with(&cbuf) {

@@ -162,7 +162,7 @@ pub(crate) fn set_forwarded(
 }
 
 /// The host a request is for, lower case, without the port.
-fn request_host(req: &Request<Incoming>) -> std::borrow::Cow<'_, str> {
+fn request_host(req: &Request<ClientBody>) -> std::borrow::Cow<'_, str> {
     let raw = req
         .headers()
         .get(HOST)
@@ -178,6 +178,39 @@ fn idempotent(m: &hyper::Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// A client's request body: from hyper's HTTP/1.1 server, or from an
+/// HTTP/2 stream (http2).
+pub(crate) enum ClientBody {
+    H1(Incoming),
+    H2(crate::http2::RequestBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::BoxError>>> {
+        match self.get_mut() {
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(crate::BoxError::from),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A response body that keeps its request counted as in flight until done.
@@ -209,7 +242,7 @@ impl Body for Tracked {
 /// header lines with their CRLFs. hyper's buffer limit is not exact (it
 /// lets through up to about twice `max_header_bytes`), so the limit is
 /// checked here, on what was parsed.
-fn head_bytes(req: &Request<Incoming>) -> usize {
+fn head_bytes(req: &Request<ClientBody>) -> usize {
     let uri = req.uri();
     let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
         + uri.scheme_str().map_or(0, |s| s.len() + 3)
@@ -228,7 +261,7 @@ fn head_bytes(req: &Request<Incoming>) -> usize {
 pub(crate) async fn handle(
     inner: Arc<Inner>,
     client: ClientInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     seen: &mut Seen,
 ) -> Response<ProxyBody> {
     if req.method() == hyper::Method::CONNECT {
@@ -376,7 +409,7 @@ async fn send_to_task(
     t: ToTask,
     inner: &Inner,
     mut parts: hyper::http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     seen: &mut Seen,
 ) -> Response<ProxyBody> {
     let ToTask {
@@ -399,10 +432,7 @@ async fn send_to_task(
             parts.headers.clone(),
         )
     });
-    let mut request = Some(Request::from_parts(
-        parts,
-        body.map_err(crate::BoxError::from).boxed(),
-    ));
+    let mut request = Some(Request::from_parts(parts, body.boxed()));
 
     let settings = &inner.settings;
     let mut tried: Vec<Arc<Backend>> = Vec::new();
@@ -528,15 +558,17 @@ async fn send_to_task(
 /// Whether sending failed because the client's own body stream failed (a
 /// malformed chunk, a connection cut mid-body), rather than the task:
 /// hyper reports a failing request body as a user error whose source is
-/// the body's own error, and the body is the client's `Incoming`, whose
-/// errors are hyper errors. (A replayed request has an empty body that
+/// the body's own error, and the body is the client's: an `Incoming`,
+/// whose errors are hyper errors, or an HTTP/2 stream's, whose errors are
+/// [`crate::http2::BodyError`]. (A replayed request has an empty body that
 /// cannot fail.)
 fn client_body_failed(err: &hyper::Error) -> bool {
     use std::error::Error as _;
     err.is_user()
-        && err
-            .source()
-            .is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some())
+        && err.source().is_some_and(|s| {
+            s.downcast_ref::<hyper::Error>().is_some()
+                || s.downcast_ref::<crate::http2::BodyError>().is_some()
+        })
 }
 
 fn lock_eject_if_refused(

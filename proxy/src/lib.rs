@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!  listeners (server.rs) ──► fast.rs + h1.rs: the common request as bytes
-//!        │                      │ (anything else: hyper's server + forward.rs)
+//!        │                      │ (anything else: hyper's server + forward.rs;
+//!        │                      │  HTTP/2: http2/ + forward.rs)
 //!        │                      │ route table lookup (route.rs)
 //!        │                      │ pick a routable backend (least outstanding)
 //!        │                      ▼
@@ -23,11 +24,11 @@
 //! before stopping a task calls [`Proxy::drain`].
 
 mod backend;
-mod coalesce;
 mod fast;
 mod forward;
 mod h1;
 mod health;
+mod http2;
 mod raw;
 mod route;
 mod server;

@@ -1,6 +1,6 @@
 //! HTTP/2 clients on the fast path's task connections.
 //!
-//! An HTTP/2 stream arrives through hyper's server as a parsed request. A
+//! An HTTP/2 stream arrives from http2/ as a parsed request. A
 //! bodyless one (most: GET, HEAD) is written to a pooled raw HTTP/1.1
 //! connection as bytes, its answer's head parsed with httparse, and its
 //! body read by the stream's own task as hyper polls it ([`RawBody`]): no

@@ -334,7 +334,7 @@ impl Connection {
         let tls = self.handshake(&acceptor, socket).await?;
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             let (inner, watch) = (Arc::clone(&self.inner), self.watch.clone());
-            Box::pin(serve_h2(inner, tls, self.client, watch)).await;
+            Box::pin(crate::http2::serve(inner, tls, &[], self.client, watch)).await;
             return None;
         }
         self.fast_tls(tls, true).await
@@ -412,7 +412,12 @@ pub(crate) async fn serve_hyper<I>(
     let settings = inner.settings.clone();
     let service = hyper::service::service_fn(move |req| {
         let closing = closing.load(Ordering::Acquire);
-        observed(Arc::clone(&inner), client, req, closing, None)
+        observed(
+            Arc::clone(&inner),
+            client,
+            req.map(forward::ClientBody::H1),
+            closing,
+        )
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -453,22 +458,20 @@ pub(crate) async fn serve_hyper<I>(
     }
 }
 
-/// Forwards one request from hyper's server (HTTP/1.1 or HTTP/2) and
+/// Forwards one request from hyper's HTTP/1.1 server or an HTTP/2 stream and
 /// counts it when its answer's body is done (or dropped). With `closing`
 /// (shutting down), the answer ends its HTTP/1.1 connection, so the client
 /// reconnects (to the next agent) instead of racing a close on an idle
-/// socket. `stream` keeps an HTTP/2 stream counted as open until its
-/// answer's body is done.
+/// socket.
 ///
 /// This is the service's future itself, with no `async` block around it:
 /// each such layer would hold another copy of it, and every request's
 /// future is moved as it is created.
-async fn observed(
+pub(crate) async fn observed(
     inner: Arc<Inner>,
     client: ClientInfo,
-    req: hyper::Request<hyper::body::Incoming>,
+    req: hyper::Request<forward::ClientBody>,
     closing: bool,
-    stream: Option<ActiveStream>,
 ) -> Result<hyper::Response<crate::ProxyBody>, std::convert::Infallible> {
     let started = Instant::now();
     let line = inner.log().is_some().then(|| RequestLine {
@@ -511,58 +514,9 @@ async fn observed(
             bytes: 0,
             seen,
             line,
-            _stream: stream,
         }
         .boxed()
     }))
-}
-
-/// An HTTP/2 connection's streams, for its idle timeout: how many are
-/// open, and when the last one ended.
-struct Streams {
-    open: std::sync::atomic::AtomicUsize,
-    born: Instant,
-    /// From `born` to the end of the last stream, in milliseconds.
-    last_end: std::sync::atomic::AtomicU64,
-}
-
-impl Streams {
-    fn new() -> Streams {
-        Streams {
-            open: std::sync::atomic::AtomicUsize::new(0),
-            born: Instant::now(),
-            last_end: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// Since when no stream has been open (the connection's start if none
-    /// ever was); `None` while one is.
-    fn idle_since(&self) -> Option<Instant> {
-        if self.open.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let ms = self.last_end.load(Ordering::Acquire);
-        Some(self.born + std::time::Duration::from_millis(ms))
-    }
-}
-
-/// One open HTTP/2 stream, from its request until its answer's body is
-/// done, or until it is dropped unanswered (reset by the client).
-struct ActiveStream(Arc<Streams>);
-
-impl ActiveStream {
-    fn new(streams: &Arc<Streams>) -> ActiveStream {
-        streams.open.fetch_add(1, Ordering::AcqRel);
-        ActiveStream(Arc::clone(streams))
-    }
-}
-
-impl Drop for ActiveStream {
-    fn drop(&mut self) {
-        let ms = u64::try_from(self.0.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_end.store(ms, Ordering::Release);
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// What the access log says of a request, kept only when it is on.
@@ -583,8 +537,6 @@ struct Observed {
     bytes: u64,
     seen: forward::Seen,
     line: Option<RequestLine>,
-    /// Counts an HTTP/2 stream as open until its answer is done.
-    _stream: Option<ActiveStream>,
 }
 
 impl hyper::body::Body for Observed {
@@ -638,92 +590,6 @@ impl Drop for Observed {
                 task: self.seen.backend.as_deref().map(|b| b.task.as_str()),
             },
         );
-    }
-}
-
-/// Serves an HTTP/2 connection (ALPN `h2` on TLS, or prior-knowledge h2c)
-/// with hyper's server and forward.rs: each stream is one request, sent
-/// to a task over HTTP/1.1. GOAWAY when the host starts draining and on
-/// shutdown (then in-flight streams get the grace period); an
-/// idle connection (no stream open for the idle timeout, counted from the
-/// end of the last one) is closed the same way.
-pub(crate) async fn serve_h2<I>(inner: Arc<Inner>, io: I, client: ClientInfo, watch: drain::Watch)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let settings = inner.settings.clone();
-    let streams = Arc::new(Streams::new());
-    let service = {
-        let inner = Arc::clone(&inner);
-        let streams = Arc::clone(&streams);
-        hyper::service::service_fn(move |req| {
-            let stream = ActiveStream::new(&streams);
-            // Boxed: hyper moves the future several times on its way into
-            // the stream's task.
-            Box::pin(observed(
-                Arc::clone(&inner),
-                client,
-                req,
-                false,
-                Some(stream),
-            ))
-        })
-    };
-    let mut builder =
-        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.h2_max_streams)
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .max_send_buf_size(256 * 1024);
-    let io = crate::coalesce::Coalesce::new(io);
-    let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
-    let signaled = watch.signaled();
-    tokio::pin!(signaled);
-    // Connections open when the host starts draining get GOAWAY; one
-    // opened while it drains is served (the load balancer in front is
-    // taking the host out) until it idles.
-    let mut draining = inner.draining_tx.subscribe();
-    draining.borrow_and_update();
-    let mut goaway = false;
-    let idle = settings.idle_timeout;
-    let idle_check = tokio::time::sleep(idle);
-    tokio::pin!(idle_check);
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(cause = %e, peer = %client.peer, "HTTP/2 connection ended with an error");
-                }
-                return;
-            }
-            release = &mut signaled => {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(settings.shutdown_grace, conn).await;
-                drop(release);
-                return;
-            }
-            r = draining.changed(), if !goaway => match r {
-                // The proxy is gone: nothing more to wait for.
-                Err(_) => goaway = true,
-                Ok(()) => {
-                    if *draining.borrow_and_update() {
-                        goaway = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
-            },
-            () = &mut idle_check, if !goaway => match streams.idle_since() {
-                Some(since) if since + idle <= Instant::now() => {
-                    goaway = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                Some(since) => idle_check.as_mut().reset(since + idle),
-                // A stream is open: look again once it could have ended
-                // an idle timeout ago.
-                None => idle_check.as_mut().reset(Instant::now() + idle),
-            }
-        }
     }
 }
 

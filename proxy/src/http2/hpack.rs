@@ -1,0 +1,641 @@
+//! HPACK (RFC 7541): a decoder with the dynamic table and Huffman strings,
+//! for what clients send; an encoder that never indexes, for what the
+//! proxy sends (static-table names where there is one, plain literals
+//! otherwise), so the client's decoder state never depends on ours.
+
+use std::collections::VecDeque;
+
+/// Why a header block could not be decoded. Any of these ends the
+/// connection (COMPRESSION_ERROR): the two ends' tables no longer agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Error {
+    /// The block ends inside a field.
+    Truncated,
+    /// An integer larger than any length or index here can be.
+    Overflow,
+    /// An index past the end of the static and dynamic tables.
+    Index(usize),
+    /// A Huffman string that is not one: a bad code, EOS, or bad padding.
+    Huffman,
+    /// A table size update above the limit the proxy announced, or after
+    /// the first field of a block.
+    TableSize,
+    /// A single string larger than the block limit allows.
+    TooLong,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Truncated => f.write_str("header block ends inside a field"),
+            Error::Overflow => f.write_str("integer overflow in header block"),
+            Error::Index(i) => write!(f, "header index {i} is not in the table"),
+            Error::Huffman => f.write_str("invalid Huffman-coded string"),
+            Error::TableSize => f.write_str("invalid dynamic table size update"),
+            Error::TooLong => f.write_str("header string too long"),
+        }
+    }
+}
+
+/// RFC 7541 Appendix A.
+pub(crate) const STATIC: [(&str, &str); 61] = [
+    (":authority", ""),
+    (":method", "GET"),
+    (":method", "POST"),
+    (":path", "/"),
+    (":path", "/index.html"),
+    (":scheme", "http"),
+    (":scheme", "https"),
+    (":status", "200"),
+    (":status", "204"),
+    (":status", "206"),
+    (":status", "304"),
+    (":status", "400"),
+    (":status", "404"),
+    (":status", "500"),
+    ("accept-charset", ""),
+    ("accept-encoding", "gzip, deflate"),
+    ("accept-language", ""),
+    ("accept-ranges", ""),
+    ("accept", ""),
+    ("access-control-allow-origin", ""),
+    ("age", ""),
+    ("allow", ""),
+    ("authorization", ""),
+    ("cache-control", ""),
+    ("content-disposition", ""),
+    ("content-encoding", ""),
+    ("content-language", ""),
+    ("content-length", ""),
+    ("content-location", ""),
+    ("content-range", ""),
+    ("content-type", ""),
+    ("cookie", ""),
+    ("date", ""),
+    ("etag", ""),
+    ("expect", ""),
+    ("expires", ""),
+    ("from", ""),
+    ("host", ""),
+    ("if-match", ""),
+    ("if-modified-since", ""),
+    ("if-none-match", ""),
+    ("if-range", ""),
+    ("if-unmodified-since", ""),
+    ("last-modified", ""),
+    ("link", ""),
+    ("location", ""),
+    ("max-forwards", ""),
+    ("proxy-authenticate", ""),
+    ("proxy-authorization", ""),
+    ("range", ""),
+    ("referer", ""),
+    ("refresh", ""),
+    ("retry-after", ""),
+    ("server", ""),
+    ("set-cookie", ""),
+    ("strict-transport-security", ""),
+    ("transfer-encoding", ""),
+    ("user-agent", ""),
+    ("vary", ""),
+    ("via", ""),
+    ("www-authenticate", ""),
+];
+
+/// Each entry's size counts its strings and 32 more (RFC 7541 §4.1).
+const ENTRY_OVERHEAD: usize = 32;
+
+/// A dynamic table entry: name and value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// Decodes the header blocks of one connection, in order.
+pub(crate) struct Decoder {
+    /// Newest first: dynamic index 62 is `table[0]`.
+    table: VecDeque<Entry>,
+    size: usize,
+    /// The size the client last set (at most `limit`).
+    max: usize,
+    /// SETTINGS_HEADER_TABLE_SIZE as the proxy announced it.
+    limit: usize,
+    name: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// Where a decoded string is: in the block, or in a scratch buffer.
+enum Str {
+    Raw(usize, usize),
+    Decoded,
+}
+
+impl Decoder {
+    pub(crate) fn new(limit: usize) -> Decoder {
+        Decoder {
+            table: VecDeque::new(),
+            size: 0,
+            max: limit,
+            limit,
+            name: Vec::new(),
+            value: Vec::new(),
+        }
+    }
+
+    /// Decodes `block`, calling `field(name, value)` for each field in
+    /// order. A block is always decoded to its end, even when the caller
+    /// has no use for it, or the table would no longer match the client's.
+    pub(crate) fn decode(
+        &mut self,
+        block: &[u8],
+        mut field: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), Error> {
+        let mut at = 0;
+        let mut first = true;
+        while at < block.len() {
+            let b = block[at];
+            if b & 0x80 != 0 {
+                // Indexed field.
+                let (i, n) = integer(&block[at..], 7)?;
+                at += n;
+                match i {
+                    0 => return Err(Error::Index(0)),
+                    1..=61 => {
+                        let (name, value) = STATIC[i - 1];
+                        field(name.as_bytes(), value.as_bytes());
+                    }
+                    _ => {
+                        let (name, value) = self.table.get(i - 62).ok_or(Error::Index(i))?;
+                        field(name, value);
+                    }
+                }
+            } else if b & 0xe0 == 0x20 {
+                // Dynamic table size update: only before the first field.
+                if !first {
+                    return Err(Error::TableSize);
+                }
+                let (size, n) = integer(&block[at..], 5)?;
+                at += n;
+                if size > self.limit {
+                    return Err(Error::TableSize);
+                }
+                self.max = size;
+                self.evict(0);
+                continue;
+            } else {
+                // A literal: with incremental indexing (01), or without
+                // (0000) or never indexed (0001).
+                let (prefix, index) = if b & 0xc0 == 0x40 {
+                    (6, true)
+                } else {
+                    (4, false)
+                };
+                let (i, n) = integer(&block[at..], prefix)?;
+                at += n;
+                let name = if i == 0 {
+                    let (s, n) = string(&block[at..], &mut self.name)?;
+                    let s = offset(s, at);
+                    at += n;
+                    Some(s)
+                } else {
+                    None
+                };
+                let (v, n) = string(&block[at..], &mut self.value)?;
+                let v = offset(v, at);
+                at += n;
+                let value: &[u8] = match v {
+                    Str::Raw(a, b) => &block[a..b],
+                    Str::Decoded => &self.value,
+                };
+                let name: &[u8] = match name {
+                    Some(Str::Raw(a, b)) => &block[a..b],
+                    Some(Str::Decoded) => &self.name,
+                    None => match i {
+                        1..=61 => STATIC[i - 1].0.as_bytes(),
+                        _ => &self.table.get(i.wrapping_sub(62)).ok_or(Error::Index(i))?.0,
+                    },
+                };
+                field(name, value);
+                if index {
+                    let entry: Entry = (name.into(), value.into());
+                    self.insert(entry);
+                }
+            }
+            first = false;
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let size = entry.0.len() + entry.1.len() + ENTRY_OVERHEAD;
+        if size > self.max {
+            // Larger than the whole table: it empties the table.
+            self.table.clear();
+            self.size = 0;
+            return;
+        }
+        self.evict(size);
+        self.size += size;
+        self.table.push_front(entry);
+    }
+
+    /// Drops the oldest entries until `room` more fits.
+    fn evict(&mut self, room: usize) {
+        while self.size + room > self.max {
+            let Some((n, v)) = self.table.pop_back() else {
+                break;
+            };
+            self.size -= n.len() + v.len() + ENTRY_OVERHEAD;
+        }
+    }
+}
+
+fn offset(s: Str, at: usize) -> Str {
+    match s {
+        Str::Raw(a, b) => Str::Raw(a + at, b + at),
+        d => d,
+    }
+}
+
+/// An integer with an `n`-bit prefix (RFC 7541 §5.1): its value and the
+/// bytes it took.
+fn integer(buf: &[u8], n: u8) -> Result<(usize, usize), Error> {
+    let mask = (1u16 << n) as usize - 1;
+    let first = *buf.first().ok_or(Error::Truncated)? as usize & mask;
+    if first < mask {
+        return Ok((first, 1));
+    }
+    let mut value = mask;
+    let mut shift = 0u32;
+    for (i, &b) in buf.iter().enumerate().skip(1) {
+        // Four continuation bytes reach 2^28: more than any length or
+        // index the proxy accepts.
+        if shift > 21 {
+            return Err(Error::Overflow);
+        }
+        value += ((b & 0x7f) as usize) << shift;
+        if b & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+        shift += 7;
+    }
+    Err(Error::Truncated)
+}
+
+/// A string literal (RFC 7541 §5.2): where it is (in `buf`, or decoded
+/// into `scratch`) and the bytes it took.
+fn string(buf: &[u8], scratch: &mut Vec<u8>) -> Result<(Str, usize), Error> {
+    let huffman = buf.first().ok_or(Error::Truncated)? & 0x80 != 0;
+    let (len, n) = integer(buf, 7)?;
+    let end = n.checked_add(len).ok_or(Error::TooLong)?;
+    if end > buf.len() {
+        return Err(Error::Truncated);
+    }
+    if huffman {
+        scratch.clear();
+        huffman_decode(&buf[n..end], scratch)?;
+        Ok((Str::Decoded, end))
+    } else {
+        Ok((Str::Raw(n, end), end))
+    }
+}
+
+/// The Huffman code's length in bits for each symbol, 256 being EOS (RFC
+/// 7541 Appendix B). The code is canonical, so the codes follow from the
+/// lengths: [`codes`] rebuilds them, and a test checks them against the
+/// RFC's examples.
+const LENGTHS: [u8; 257] = [
+    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28,
+    28, 28, 28, 28, 28, 28, 28, 28, 6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5,
+    5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10, 13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+    7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6, 15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6,
+    6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28, 20, 22, 20, 20, 22, 22, 22, 23, 22,
+    23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24, 22,
+    21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20,
+    22, 22, 22, 23, 22, 22, 23, 26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19,
+    21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27, 20, 24, 20, 21, 22, 21, 21, 23, 22,
+    22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26, 30,
+];
+
+/// The canonical code, per length: the first code of each length, how
+/// many codes have it, and the symbols in code order.
+struct Canonical {
+    first: [u32; 31],
+    count: [u16; 31],
+    start: [u16; 31],
+    symbols: [u16; 257],
+}
+
+fn canonical() -> &'static Canonical {
+    static TABLE: std::sync::OnceLock<Canonical> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut c = Canonical {
+            first: [0; 31],
+            count: [0; 31],
+            start: [0; 31],
+            symbols: [0; 257],
+        };
+        for &l in &LENGTHS {
+            c.count[l as usize] += 1;
+        }
+        let mut code = 0u32;
+        let mut at = 0u16;
+        for len in 1..31 {
+            code = (code + u32::from(c.count[len - 1])) << 1;
+            c.first[len] = code;
+            c.start[len] = at;
+            at += c.count[len];
+        }
+        let mut next = c.start;
+        for (sym, &l) in LENGTHS.iter().enumerate() {
+            let l = l as usize;
+            c.symbols[next[l] as usize] = sym as u16;
+            next[l] += 1;
+        }
+        c
+    })
+}
+
+fn huffman_decode(src: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    let c = canonical();
+    let mut code = 0u32;
+    let mut len = 0usize;
+    // Whether every bit since the last symbol was 1 (padding is EOS's
+    // prefix: all ones, at most 7 bits).
+    let mut ones = true;
+    for &byte in src {
+        for shift in (0..8).rev() {
+            let bit = u32::from(byte >> shift) & 1;
+            code = (code << 1) | bit;
+            len += 1;
+            ones &= bit == 1;
+            if len > 30 {
+                return Err(Error::Huffman);
+            }
+            let offset = code.wrapping_sub(c.first[len]);
+            if code >= c.first[len] && offset < u32::from(c.count[len]) {
+                let sym = c.symbols[(c.start[len] as u32 + offset) as usize];
+                if sym == 256 {
+                    return Err(Error::Huffman);
+                }
+                out.push(sym as u8);
+                code = 0;
+                len = 0;
+                ones = true;
+            }
+        }
+    }
+    if len > 7 || !ones {
+        return Err(Error::Huffman);
+    }
+    Ok(())
+}
+
+/// The codes [`canonical`] assigns, by symbol (for the tests).
+#[cfg(test)]
+fn codes() -> Vec<(u32, u8)> {
+    let c = canonical();
+    let mut out = vec![(0, 0); 257];
+    for len in 1..31 {
+        for k in 0..c.count[len] {
+            let sym = c.symbols[(c.start[len] + k) as usize] as usize;
+            out[sym] = (c.first[len] + u32::from(k), len as u8);
+        }
+    }
+    out
+}
+
+/// Writes an integer with an `n`-bit prefix, the first byte's other bits
+/// being `flags`.
+pub(crate) fn put_integer(out: &mut Vec<u8>, flags: u8, n: u8, value: usize) {
+    let mask = (1usize << n) - 1;
+    if value < mask {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | mask as u8);
+    let mut rest = value - mask;
+    while rest >= 0x80 {
+        out.push(0x80 | (rest & 0x7f) as u8);
+        rest >>= 7;
+    }
+    out.push(rest as u8);
+}
+
+fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+    put_integer(out, 0, 7, s.len());
+    out.extend_from_slice(s);
+}
+
+/// Writes `:status`: indexed where the static table has it.
+pub(crate) fn put_status(out: &mut Vec<u8>, status: u16) {
+    let index = match status {
+        200 => 8,
+        204 => 9,
+        206 => 10,
+        304 => 11,
+        400 => 12,
+        404 => 13,
+        500 => 14,
+        _ => 0,
+    };
+    if index > 0 {
+        out.push(0x80 | index);
+        return;
+    }
+    // Literal without indexing, name `:status` (index 8).
+    out.push(0x08);
+    let digits = [
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ];
+    put_string(out, &digits);
+}
+
+/// Writes a field as a literal without indexing (the name from the static
+/// table where it is there). `name` is lowercase, as `http` keeps it.
+pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    match static_name(name) {
+        Some(i) => put_integer(out, 0x00, 4, i),
+        None => {
+            out.push(0x00);
+            put_string(out, name);
+        }
+    }
+    put_string(out, value);
+}
+
+/// The static-table index of the answer headers a task commonly sends.
+fn static_name(name: &[u8]) -> Option<usize> {
+    Some(match name {
+        b"content-type" => 31,
+        b"content-length" => 28,
+        b"date" => 33,
+        b"server" => 54,
+        b"cache-control" => 24,
+        b"etag" => 34,
+        b"last-modified" => 44,
+        b"location" => 46,
+        b"set-cookie" => 55,
+        b"vary" => 59,
+        b"content-encoding" => 26,
+        b"expires" => 36,
+        b"age" => 21,
+        b"accept-ranges" => 18,
+        b"allow" => 22,
+        b"strict-transport-security" => 56,
+        b"access-control-allow-origin" => 20,
+        b"www-authenticate" => 61,
+        b"retry-after" => 53,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn decode_all(d: &mut Decoder, block: &[u8]) -> Result<Vec<(String, String)>, Error> {
+        let mut out = Vec::new();
+        d.decode(block, |n, v| {
+            out.push((
+                String::from_utf8_lossy(n).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            ));
+        })?;
+        Ok(out)
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_canonical_code_matches_the_rfc() {
+        let codes = codes();
+        // Spot checks from RFC 7541 Appendix B.
+        assert_eq!(codes[b' ' as usize], (0x14, 6));
+        assert_eq!(codes[b'0' as usize], (0x0, 5));
+        assert_eq!(codes[b'a' as usize], (0x3, 5));
+        assert_eq!(codes[b'z' as usize], (0x7b, 7));
+        assert_eq!(codes[0], (0x1ff8, 13));
+        assert_eq!(codes[255], (0x3ffffee, 26));
+        assert_eq!(codes[256], (0x3fffffff, 30));
+    }
+
+    /// RFC 7541 C.4: requests with Huffman coding, one connection.
+    #[test]
+    fn decodes_the_rfc_huffman_request_examples() {
+        let mut d = Decoder::new(4096);
+        let first = decode_all(&mut d, &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff")).unwrap();
+        assert_eq!(
+            first,
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com"),
+            ])
+        );
+        let second = decode_all(&mut d, &hex("8286 84be 5886 a8eb 1064 9cbf")).unwrap();
+        assert_eq!(
+            second,
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", "www.example.com"),
+                ("cache-control", "no-cache"),
+            ])
+        );
+        let third = decode_all(
+            &mut d,
+            &hex("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf"),
+        )
+        .unwrap();
+        assert_eq!(
+            third,
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/index.html"),
+                (":authority", "www.example.com"),
+                ("custom-key", "custom-value"),
+            ])
+        );
+        assert_eq!(d.size, 164);
+    }
+
+    /// RFC 7541 C.3 (no Huffman) and the eviction of C.5's small table.
+    #[test]
+    fn decodes_plain_literals_and_evicts_the_oldest_entries() {
+        let mut d = Decoder::new(4096);
+        let first = decode_all(
+            &mut d,
+            &hex("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d"),
+        )
+        .unwrap();
+        assert_eq!(first[3], (":authority".into(), "www.example.com".into()));
+        // A size update to 60 keeps only the newest entry that fits: none
+        // (":authority www.example.com" is 57 bytes, and fits alone).
+        let r = decode_all(&mut d, &hex("3f1d 82")).unwrap();
+        assert_eq!(r, pairs(&[(":method", "GET")]));
+        assert_eq!(d.size, 57);
+        assert_eq!(
+            decode_all(&mut d, &hex("be")).unwrap()[0].1,
+            "www.example.com"
+        );
+        // Adding a second entry evicts the first.
+        decode_all(&mut d, &hex("4003 6162 6303 6465 66")).unwrap();
+        assert_eq!(d.table.len(), 1);
+        assert_eq!(decode_all(&mut d, &hex("be")).unwrap()[0].0, "abc");
+    }
+
+    #[test]
+    fn hostile_blocks_are_errors_not_panics() {
+        let cases: &[(&str, Error)] = &[
+            ("80", Error::Index(0)),
+            ("be", Error::Index(62)),
+            ("ff ff ff ff ff ff ff ff 7f", Error::Overflow),
+            ("41", Error::Truncated),
+            ("41 05 61", Error::Truncated),
+            ("ff", Error::Truncated),
+            // A Huffman string of eight one bits: padding longer than 7.
+            ("41 81 ff", Error::Huffman),
+            // EOS coded in full.
+            ("41 84 ff ff ff ff", Error::Huffman),
+            // A table size over the announced 4096.
+            ("3f e2 1f", Error::TableSize),
+            // A size update after a field.
+            ("82 20", Error::TableSize),
+        ];
+        for (block, want) in cases {
+            let mut d = Decoder::new(4096);
+            assert_eq!(decode_all(&mut d, &hex(block)), Err(*want), "{block}");
+        }
+    }
+
+    #[test]
+    fn what_the_encoder_writes_the_decoder_reads() {
+        let mut out = Vec::new();
+        put_status(&mut out, 200);
+        put_status(&mut out, 503);
+        put_field(&mut out, b"content-type", b"text/plain");
+        put_field(&mut out, b"x-long", &[b'a'; 300]);
+        let mut d = Decoder::new(4096);
+        let got = decode_all(&mut d, &out).unwrap();
+        assert_eq!(got[0], (":status".into(), "200".into()));
+        assert_eq!(got[1], (":status".into(), "503".into()));
+        assert_eq!(got[2], ("content-type".into(), "text/plain".into()));
+        assert_eq!(got[3].1.len(), 300);
+        assert_eq!(d.table.len(), 0, "nothing the proxy sends is indexed");
+    }
+}

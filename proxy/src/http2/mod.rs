@@ -1,0 +1,1341 @@
+//! HTTP/2 from clients (RFC 9113): ALPN `h2` on TLS, prior-knowledge h2c
+//! on the plain listeners.
+//!
+//! One task per connection does everything: it reads and parses frames,
+//! decodes header blocks (hpack.rs), keeps both directions' flow control,
+//! and polls each stream's request future and answer body itself, with a
+//! waker per stream that queues the stream's id (so a wake-up polls the
+//! one stream that can move, and a reset stream is dropped on the spot).
+//! Frames go out through one buffer, written once per turn. No task per
+//! stream, no channel between the connection and its streams.
+//!
+//! Each stream is a request for forward.rs, as HTTP/1.1 clients' are
+//! (routing, the health path, retries, access log, metrics): a bodyless
+//! one goes to a task on the fast path's raw connections (raw.rs), one
+//! with a body or `TE: trailers` through hyper's client. The request body
+//! arrives through an inbox ([`RequestBody`]) whose consumption opens the
+//! client's window again, so a slow task slows its client instead of
+//! filling the proxy's memory.
+//!
+//! The connection ends with GOAWAY when the host starts draining or shuts
+//! down (in-flight streams finish first, within the grace period on
+//! shutdown), after the idle timeout with no stream open, and on a
+//! protocol error (with its code). A stream's malformed request is reset
+//! (PROTOCOL_ERROR); headers over the limits are answered 431.
+
+mod frame;
+mod hpack;
+
+use crate::forward::{ClientBody, ClientInfo};
+use crate::{Inner, ProxyBody};
+use bytes::Bytes;
+use frame::{Head, Reason};
+use hyper::body::{Body, Frame};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// What the proxy lets a client send on one stream before the stream's
+/// body has been taken (its SETTINGS_INITIAL_WINDOW_SIZE), and on the
+/// whole connection: what one connection can make the proxy buffer.
+const STREAM_WINDOW: i64 = 1 << 20;
+const CONN_WINDOW: i64 = 1 << 20;
+/// The read buffer: the largest frame the proxy takes (the default
+/// SETTINGS_MAX_FRAME_SIZE), its head, and room to read ahead.
+const READ_BUF: usize = 2 * (frame::DEFAULT_FRAME + frame::HEAD);
+/// Above this much unwritten output, bodies are not polled and frames not
+/// read until the client has taken some.
+const WRITE_HIGH: usize = 256 * 1024;
+/// Turns of the connection's loop per poll before it lets other tasks run.
+const ROUNDS: usize = 32;
+/// HPACK's table size, as every peer starts with it.
+const TABLE_SIZE: usize = 4096;
+
+/// Serves an HTTP/2 connection until it ends. `pre` holds what was read
+/// before it was known to be HTTP/2 (h2c: the preface, and maybe more).
+pub(crate) async fn serve<I>(
+    inner: Arc<Inner>,
+    io: I,
+    pre: &[u8],
+    client: ClientInfo,
+    watch: drain::Watch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let idle = inner.settings.idle_timeout;
+    let grace = inner.settings.shutdown_grace;
+    let mut draining = inner.draining_tx.subscribe();
+    // A connection opened while the host drains is served (the load
+    // balancer in front is taking the host out) until it idles.
+    draining.borrow_and_update();
+    let mut conn = Conn::new(inner, io, pre, client);
+    let signaled = watch.signaled();
+    tokio::pin!(signaled);
+    let idle_check = tokio::time::sleep(idle);
+    tokio::pin!(idle_check);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            () = std::future::poll_fn(|cx| conn.poll(cx)) => return,
+            release = &mut signaled => {
+                conn.go_away(Reason::NoError);
+                let _ = tokio::time::timeout(grace, std::future::poll_fn(|cx| conn.poll(cx))).await;
+                drop(release);
+                return;
+            }
+            r = draining.changed(), if watching && !conn.going_away() => match r {
+                // The proxy is gone: nothing more to wait for.
+                Err(_) => watching = false,
+                Ok(()) => {
+                    if *draining.borrow_and_update() {
+                        conn.go_away(Reason::NoError);
+                    }
+                }
+            },
+            () = &mut idle_check, if !conn.going_away() => match conn.idle_since() {
+                Some(since) if since + idle <= Instant::now() => conn.go_away(Reason::NoError),
+                Some(since) => idle_check.as_mut().reset(since + idle),
+                // A stream is open: look again once it could have ended
+                // an idle timeout ago.
+                None => idle_check.as_mut().reset(Instant::now() + idle),
+            }
+        }
+    }
+}
+
+/// The ids of the streams whose wakers fired, and the connection's waker.
+#[derive(Default)]
+struct Ready {
+    ids: Vec<u32>,
+    conn: Option<Waker>,
+}
+
+/// A stream's waker: queues the stream and wakes the connection.
+struct StreamWake {
+    id: u32,
+    ready: Arc<Mutex<Ready>>,
+}
+
+impl Wake for StreamWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut r = crate::sync::lock(&self.ready);
+        r.ids.push(self.id);
+        if let Some(w) = &r.conn {
+            w.wake_by_ref();
+        }
+    }
+}
+
+type Answer =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + Send>>;
+
+struct Stream {
+    waker: Waker,
+    /// Until the answer's head is there.
+    answer: Option<Answer>,
+    /// The answer's body, once its head is sent, until its end.
+    body: Option<ProxyBody>,
+    /// Body bytes waiting for flow-control window; `end` once the body is
+    /// done with them.
+    pending: Option<Bytes>,
+    pending_end: bool,
+    /// The request body's inbox, if it has a body.
+    inbox: Option<Arc<Mutex<Inbox>>>,
+    /// The client may still send on the stream (no END_STREAM yet).
+    receiving: bool,
+    /// What the client may still send on the stream.
+    recv_window: i64,
+    /// Taken from the inbox, not yet given back to the client.
+    unreleased: i64,
+    /// The request's `content-length`, and what came so far.
+    expect: Option<u64>,
+    received: u64,
+    send_window: i64,
+}
+
+/// A stream's request body, between the connection and whoever reads it.
+#[derive(Default)]
+struct Inbox {
+    chunks: VecDeque<Bytes>,
+    end: bool,
+    trailers: Option<HeaderMap>,
+    failed: Option<&'static str>,
+    reader: Option<Waker>,
+    /// Bytes taken by the reader (or dropped with it) since the connection
+    /// last looked: window to give back.
+    consumed: usize,
+    /// The stream's waker, to tell the connection about `consumed`.
+    stream: Option<Waker>,
+}
+
+/// A request body from an HTTP/2 stream.
+pub(crate) struct RequestBody {
+    inbox: Option<Arc<Mutex<Inbox>>>,
+}
+
+/// A request body that failed: the client reset its stream, broke the
+/// protocol, or sent other than its `content-length`.
+#[derive(Debug)]
+pub(crate) struct BodyError(&'static str);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::BoxError>>> {
+        let Some(inbox) = &self.inbox else {
+            return Poll::Ready(None);
+        };
+        let mut b = crate::sync::lock(inbox);
+        if let Some(chunk) = b.chunks.pop_front() {
+            b.consumed += chunk.len();
+            if let Some(w) = &b.stream {
+                w.wake_by_ref();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(why) = b.failed {
+            return Poll::Ready(Some(Err(Box::new(BodyError(why)))));
+        }
+        if b.end {
+            return Poll::Ready(b.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        }
+        b.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inbox.as_ref().is_none_or(|i| {
+            let b = crate::sync::lock(i);
+            b.end && b.chunks.is_empty() && b.trailers.is_none() && b.failed.is_none()
+        })
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            let mut b = crate::sync::lock(&inbox);
+            let left: usize = b.chunks.drain(..).map(|c| c.len()).sum();
+            b.consumed += left;
+            if let Some(w) = &b.stream {
+                w.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// A connection error: its code, and what the log says.
+type ConnError = (Reason, &'static str);
+
+/// A header block being received in HEADERS and CONTINUATION frames.
+struct Continuation {
+    stream: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+}
+
+struct Conn<I> {
+    inner: Arc<Inner>,
+    client: ClientInfo,
+    io: I,
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    preface: bool,
+    settings_seen: bool,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    flush: bool,
+    decoder: hpack::Decoder,
+    streams: HashMap<u32, Stream>,
+    ready: Arc<Mutex<Ready>>,
+    /// The ids taken from `ready`, being polled.
+    polling: Vec<u32>,
+    /// Streams that stopped because the output buffer was full.
+    write_blocked: Vec<u32>,
+    last_id: u32,
+    continuation: Option<Continuation>,
+    send_window: i64,
+    peer_initial: i64,
+    peer_frame: usize,
+    recv_window: i64,
+    conn_unreleased: i64,
+    /// GOAWAY sent: no new stream; the connection ends when the open ones
+    /// are done.
+    goaway: bool,
+    /// The client sent GOAWAY: it opens no more streams.
+    peer_goaway: bool,
+    /// A connection error, or the client's end: write what is left, close.
+    closing: bool,
+    read_closed: bool,
+    shutting: bool,
+    last_end: Instant,
+    scratch: Vec<u8>,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+    fn new(inner: Arc<Inner>, io: I, pre: &[u8], client: ClientInfo) -> Conn<I> {
+        let mut rbuf = vec![0; READ_BUF.max(pre.len())];
+        rbuf[..pre.len()].copy_from_slice(pre);
+        let s = &inner.settings;
+        let mut wbuf = Vec::with_capacity(16 * 1024);
+        frame::put_settings(
+            &mut wbuf,
+            &[
+                (frame::SETTINGS_MAX_CONCURRENT_STREAMS, s.h2_max_streams),
+                (frame::SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
+                (
+                    frame::SETTINGS_MAX_HEADER_LIST_SIZE,
+                    u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX),
+                ),
+            ],
+        );
+        frame::put_window_update(&mut wbuf, 0, (CONN_WINDOW - 65_535) as u32);
+        Conn {
+            client,
+            io,
+            rbuf,
+            rstart: 0,
+            rend: pre.len(),
+            preface: false,
+            settings_seen: false,
+            wbuf,
+            wpos: 0,
+            flush: true,
+            decoder: hpack::Decoder::new(TABLE_SIZE),
+            streams: HashMap::new(),
+            ready: Arc::new(Mutex::new(Ready::default())),
+            polling: Vec::new(),
+            write_blocked: Vec::new(),
+            last_id: 0,
+            continuation: None,
+            send_window: 65_535,
+            peer_initial: 65_535,
+            peer_frame: frame::DEFAULT_FRAME,
+            recv_window: CONN_WINDOW,
+            conn_unreleased: 0,
+            goaway: false,
+            peer_goaway: false,
+            closing: false,
+            read_closed: false,
+            shutting: false,
+            last_end: Instant::now(),
+            scratch: Vec::new(),
+            inner,
+        }
+    }
+
+    fn going_away(&self) -> bool {
+        self.goaway || self.closing
+    }
+
+    /// Since when no stream has been open; `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        self.streams.is_empty().then_some(self.last_end)
+    }
+
+    /// Sends GOAWAY: the streams opened so far are served, no other.
+    fn go_away(&mut self, reason: Reason) {
+        if self.goaway {
+            return;
+        }
+        self.goaway = true;
+        frame::put_goaway(&mut self.wbuf, self.last_id, reason);
+    }
+
+    /// A connection error: GOAWAY with its code, then the end.
+    fn fail(&mut self, (reason, why): ConnError) {
+        tracing::debug!(peer = %self.client.peer, ?reason, why, "HTTP/2 connection error");
+        self.goaway = false;
+        self.go_away(reason);
+        self.closing = true;
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut r = crate::sync::lock(&self.ready);
+            if !r.conn.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                r.conn = Some(cx.waker().clone());
+            }
+        }
+        for _ in 0..ROUNDS {
+            let mut busy = false;
+            if !self.read_closed && !self.closing && self.unwritten() < WRITE_HIGH {
+                busy |= self.read(cx);
+            }
+            busy |= self.run_streams();
+            match self.write(cx) {
+                Ok(w) => busy |= w,
+                Err(()) => return Poll::Ready(()),
+            }
+            if self.unwritten() < WRITE_HIGH && !self.write_blocked.is_empty() {
+                let blocked = std::mem::take(&mut self.write_blocked);
+                crate::sync::lock(&self.ready).ids.extend(blocked);
+                busy = true;
+            }
+            if self.read_closed {
+                // The client is gone: nothing it asked for can reach it.
+                return Poll::Ready(());
+            }
+            let done =
+                self.closing || ((self.goaway || self.peer_goaway) && self.streams.is_empty());
+            if done && self.unwritten() == 0 {
+                self.shutting = true;
+            }
+            if self.shutting {
+                return match Pin::new(&mut self.io).poll_shutdown(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(_) => Poll::Ready(()),
+                };
+            }
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn unwritten(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Writes what is buffered. `Ok(true)` if it wrote anything, `Err` if
+    /// the connection is broken.
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+        let mut wrote = false;
+        while self.wpos < self.wbuf.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]) {
+                Poll::Ready(Ok(0)) => return Err(()),
+                Poll::Ready(Ok(n)) => {
+                    self.wpos += n;
+                    self.flush = true;
+                    wrote = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(peer = %self.client.peer, cause = %e, "HTTP/2 write failed");
+                    return Err(());
+                }
+                Poll::Pending => break,
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        if self.flush {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.flush = false,
+                Poll::Ready(Err(_)) => return Err(()),
+                Poll::Pending => {}
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Reads once and handles every whole frame read. Whether it read.
+    fn read(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.rend == self.rbuf.len() {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+            if self.rend == self.rbuf.len() {
+                // Full of frames not taken yet (never for long: every
+                // frame the proxy takes fits twice).
+                return false;
+            }
+        }
+        // Bytes handed over before the first read are handled first.
+        if self.rend > self.rstart && !self.preface {
+            self.frames();
+            if self.closing {
+                return true;
+            }
+        }
+        let mut rb = ReadBuf::new(&mut self.rbuf[self.rend..]);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    self.read_closed = true;
+                    return true;
+                }
+                self.rend += n;
+                self.frames();
+                true
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(peer = %self.client.peer, cause = %e, "HTTP/2 read failed");
+                self.read_closed = true;
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    /// Handles the whole frames in the read buffer.
+    fn frames(&mut self) {
+        let buf = std::mem::take(&mut self.rbuf);
+        let r = self.frames_in(&buf);
+        self.rbuf = buf;
+        if let Err(e) = r {
+            self.fail(e);
+        }
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        }
+    }
+
+    fn frames_in(&mut self, buf: &[u8]) -> Result<(), ConnError> {
+        loop {
+            let avail = &buf[self.rstart..self.rend];
+            if !self.preface {
+                if avail.len() < frame::PREFACE.len() {
+                    if !frame::PREFACE.starts_with(avail) {
+                        return Err((Reason::Protocol, "not the HTTP/2 preface"));
+                    }
+                    return Ok(());
+                }
+                if &avail[..frame::PREFACE.len()] != frame::PREFACE {
+                    return Err((Reason::Protocol, "not the HTTP/2 preface"));
+                }
+                self.preface = true;
+                self.rstart += frame::PREFACE.len();
+                continue;
+            }
+            if avail.len() < frame::HEAD {
+                return Ok(());
+            }
+            let head = Head::parse(avail);
+            if head.len > frame::DEFAULT_FRAME {
+                return Err((
+                    Reason::FrameSize,
+                    "frame larger than SETTINGS_MAX_FRAME_SIZE",
+                ));
+            }
+            if avail.len() < frame::HEAD + head.len {
+                return Ok(());
+            }
+            let payload = &avail[frame::HEAD..frame::HEAD + head.len];
+            self.rstart += frame::HEAD + head.len;
+            if self.closing {
+                return Ok(());
+            }
+            self.frame(head, payload)?;
+        }
+    }
+
+    fn frame(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        if !self.settings_seen {
+            if h.kind != frame::SETTINGS || h.flags & frame::ACK != 0 {
+                return Err((Reason::Protocol, "the first frame is not SETTINGS"));
+            }
+            self.settings_seen = true;
+        }
+        if let Some(c) = &self.continuation {
+            if h.kind != frame::CONTINUATION || h.stream != c.stream {
+                return Err((Reason::Protocol, "a header block was interrupted"));
+            }
+        }
+        match h.kind {
+            frame::DATA => self.data(h, p),
+            frame::HEADERS => self.headers(h, p),
+            frame::CONTINUATION => {
+                let Some(mut c) = self.continuation.take() else {
+                    return Err((Reason::Protocol, "CONTINUATION without HEADERS"));
+                };
+                c.block.extend_from_slice(p);
+                if c.block.len() > self.block_limit() {
+                    return Err((Reason::Protocol, "header block too large"));
+                }
+                if h.flags & frame::END_HEADERS != 0 {
+                    self.header_block(c.stream, c.end_stream, &c.block)
+                } else {
+                    self.continuation = Some(c);
+                    Ok(())
+                }
+            }
+            frame::PRIORITY => {
+                if h.stream == 0 {
+                    return Err((Reason::Protocol, "PRIORITY on stream 0"));
+                }
+                if p.len() != 5 {
+                    self.reset(h.stream, Reason::FrameSize);
+                }
+                Ok(())
+            }
+            frame::RST_STREAM => {
+                if h.stream == 0 {
+                    return Err((Reason::Protocol, "RST_STREAM on stream 0"));
+                }
+                if p.len() != 4 {
+                    return Err((Reason::FrameSize, "RST_STREAM of the wrong size"));
+                }
+                if h.stream > self.last_id {
+                    return Err((Reason::Protocol, "RST_STREAM on an idle stream"));
+                }
+                self.remove(h.stream, "the client reset the stream");
+                Ok(())
+            }
+            frame::SETTINGS => self.settings(h, p),
+            frame::PUSH_PROMISE => Err((Reason::Protocol, "a client sent PUSH_PROMISE")),
+            frame::PING => {
+                if h.stream != 0 {
+                    return Err((Reason::Protocol, "PING on a stream"));
+                }
+                if p.len() != 8 {
+                    return Err((Reason::FrameSize, "PING of the wrong size"));
+                }
+                if h.flags & frame::ACK == 0 {
+                    frame::put_head(&mut self.wbuf, 8, frame::PING, frame::ACK, 0);
+                    self.wbuf.extend_from_slice(p);
+                }
+                Ok(())
+            }
+            frame::GOAWAY => {
+                if h.stream != 0 {
+                    return Err((Reason::Protocol, "GOAWAY on a stream"));
+                }
+                self.peer_goaway = true;
+                Ok(())
+            }
+            frame::WINDOW_UPDATE => self.window_update(h, p),
+            // Unknown frame types are ignored (RFC 9113 §4.1).
+            _ => Ok(()),
+        }
+    }
+
+    /// The largest compressed header block taken.
+    fn block_limit(&self) -> usize {
+        2 * self.inner.settings.max_header_bytes + frame::DEFAULT_FRAME
+    }
+
+    /// Strips padding; `None` if the padding is longer than the frame.
+    fn unpad(h: &Head, p: &[u8]) -> Option<(usize, usize)> {
+        if h.flags & frame::PADDED == 0 {
+            return Some((0, p.len()));
+        }
+        let pad = *p.first()? as usize;
+        (pad < p.len()).then(|| (1, p.len() - pad))
+    }
+
+    fn data(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        if h.stream == 0 {
+            return Err((Reason::Protocol, "DATA on stream 0"));
+        }
+        let len = p.len() as i64;
+        self.recv_window -= len;
+        if self.recv_window < 0 {
+            return Err((Reason::FlowControl, "DATA beyond the connection's window"));
+        }
+        let Some((a, b)) = Self::unpad(&h, p) else {
+            return Err((Reason::Protocol, "padding longer than the frame"));
+        };
+        let end = h.flags & frame::END_STREAM != 0;
+        let Some(s) = self.streams.get_mut(&h.stream) else {
+            if h.stream > self.last_id {
+                return Err((Reason::Protocol, "DATA on an idle stream"));
+            }
+            // A stream reset or done already: its window comes back now.
+            self.conn_unreleased += len;
+            return Ok(());
+        };
+        let (true, Some(inbox)) = (s.receiving, s.inbox.clone()) else {
+            self.conn_unreleased += len;
+            self.reset(h.stream, Reason::StreamClosed);
+            return Ok(());
+        };
+        s.recv_window -= len;
+        if s.recv_window < 0 {
+            self.conn_unreleased += len;
+            self.reset(h.stream, Reason::FlowControl);
+            return Ok(());
+        }
+        let data = &p[a..b];
+        s.received += data.len() as u64;
+        // Padding is window the body never takes: given back with it.
+        let padding = len - data.len() as i64;
+        s.unreleased += padding;
+        self.conn_unreleased += padding;
+        let over = s.expect.is_some_and(|n| s.received > n);
+        let short = end && s.expect.is_some_and(|n| s.received != n);
+        if over || short {
+            self.conn_unreleased += data.len() as i64;
+            self.reset(h.stream, Reason::Protocol);
+            return Ok(());
+        }
+        {
+            let mut b = crate::sync::lock(&inbox);
+            if !data.is_empty() {
+                b.chunks.push_back(Bytes::copy_from_slice(data));
+            }
+            b.end = end;
+            if let Some(w) = b.reader.take() {
+                w.wake();
+            }
+        }
+        if end {
+            s.receiving = false;
+        }
+        Ok(())
+    }
+
+    fn headers(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        if h.stream == 0 || h.stream.is_multiple_of(2) {
+            return Err((Reason::Protocol, "HEADERS on a stream a client cannot open"));
+        }
+        let Some((mut a, b)) = Self::unpad(&h, p) else {
+            return Err((Reason::Protocol, "padding longer than the frame"));
+        };
+        if h.flags & frame::PRIORITY_FLAG != 0 {
+            if b - a < 5 {
+                return Err((Reason::FrameSize, "HEADERS too short for its priority"));
+            }
+            a += 5;
+        }
+        let end_stream = h.flags & frame::END_STREAM != 0;
+        if h.flags & frame::END_HEADERS == 0 {
+            self.continuation = Some(Continuation {
+                stream: h.stream,
+                end_stream,
+                block: p[a..b].to_vec(),
+            });
+            return Ok(());
+        }
+        self.header_block(h.stream, end_stream, &p[a..b])
+    }
+
+    /// A whole header block: a new stream's request, or a request's
+    /// trailers.
+    fn header_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+        let trailers = self.streams.contains_key(&id);
+        if !trailers && id <= self.last_id {
+            // A stream closed already, or reset by the proxy (whose late
+            // frames are ignored): still decoded, so the table stays in
+            // step.
+            return self
+                .decoder
+                .decode(block, |_, _| {})
+                .map_err(|_| (Reason::Compression, "undecodable header block"));
+        }
+        let s = &self.inner.settings;
+        let mut fields = Fields::new(s.max_header_bytes, s.max_headers, trailers);
+        self.decoder
+            .decode(block, |n, v| fields.field(n, v))
+            .map_err(|_| (Reason::Compression, "undecodable header block"))?;
+        if trailers {
+            let Some(inbox) = self
+                .streams
+                .get_mut(&id)
+                .filter(|s| s.receiving)
+                .and_then(|s| {
+                    s.receiving = false;
+                    s.inbox.clone()
+                })
+            else {
+                self.reset(id, Reason::StreamClosed);
+                return Ok(());
+            };
+            if !end_stream || fields.error.is_some() {
+                self.reset(id, Reason::Protocol);
+                return Ok(());
+            }
+            let mut b = crate::sync::lock(&inbox);
+            b.trailers = Some(fields.headers);
+            b.end = true;
+            if let Some(w) = b.reader.take() {
+                w.wake();
+            }
+            return Ok(());
+        }
+        self.last_id = id;
+        if self.goaway || self.peer_goaway {
+            // Not served: the GOAWAY sent says so.
+            return Ok(());
+        }
+        if self.streams.len() >= self.inner.settings.h2_max_streams as usize {
+            frame::put_rst(&mut self.wbuf, id, Reason::RefusedStream);
+            return Ok(());
+        }
+        let answer: Answer = match fields.request(end_stream) {
+            Err(Malformed::Protocol(why)) => {
+                tracing::debug!(peer = %self.client.peer, stream = id, why, "malformed HTTP/2 request");
+                frame::put_rst(&mut self.wbuf, id, Reason::Protocol);
+                return Ok(());
+            }
+            Err(Malformed::TooLarge) => {
+                let limit = self.inner.settings.max_header_bytes;
+                let r = crate::forward::text(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    format!(
+                        "dockhand: request headers exceed {limit} bytes or their count limit\n"
+                    ),
+                );
+                Box::pin(std::future::ready(Ok(r)))
+            }
+            Ok((req, expect)) => {
+                let inbox = (!end_stream).then(|| Arc::new(Mutex::new(Inbox::default())));
+                let req = req.map(|()| {
+                    ClientBody::H2(RequestBody {
+                        inbox: inbox.clone(),
+                    })
+                });
+                let answer = Box::pin(crate::server::observed(
+                    Arc::clone(&self.inner),
+                    self.client,
+                    req,
+                    false,
+                ));
+                self.open(id, inbox, expect).answer = Some(answer);
+                crate::sync::lock(&self.ready).ids.push(id);
+                return Ok(());
+            }
+        };
+        let stream = self.open(id, None, None);
+        stream.answer = Some(answer);
+        crate::sync::lock(&self.ready).ids.push(id);
+        Ok(())
+    }
+
+    fn open(
+        &mut self,
+        id: u32,
+        inbox: Option<Arc<Mutex<Inbox>>>,
+        expect: Option<u64>,
+    ) -> &mut Stream {
+        let waker = Waker::from(Arc::new(StreamWake {
+            id,
+            ready: Arc::clone(&self.ready),
+        }));
+        if let Some(i) = &inbox {
+            crate::sync::lock(i).stream = Some(waker.clone());
+        }
+        self.streams.entry(id).or_insert(Stream {
+            waker,
+            answer: None,
+            body: None,
+            pending: None,
+            pending_end: false,
+            receiving: inbox.is_some(),
+            inbox,
+            recv_window: STREAM_WINDOW,
+            unreleased: 0,
+            expect,
+            received: 0,
+            send_window: self.peer_initial,
+        })
+    }
+
+    fn settings(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        if h.stream != 0 {
+            return Err((Reason::Protocol, "SETTINGS on a stream"));
+        }
+        if h.flags & frame::ACK != 0 {
+            if !p.is_empty() {
+                return Err((Reason::FrameSize, "SETTINGS ACK with a payload"));
+            }
+            return Ok(());
+        }
+        if !p.len().is_multiple_of(6) {
+            return Err((Reason::FrameSize, "SETTINGS of the wrong size"));
+        }
+        for s in p.chunks_exact(6) {
+            let id = u16::from_be_bytes([s[0], s[1]]);
+            let value = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
+            match id {
+                frame::SETTINGS_ENABLE_PUSH if value > 1 => {
+                    return Err((Reason::Protocol, "SETTINGS_ENABLE_PUSH above 1"));
+                }
+                frame::SETTINGS_INITIAL_WINDOW_SIZE => {
+                    let value = i64::from(value);
+                    if value > frame::MAX_WINDOW {
+                        return Err((
+                            Reason::FlowControl,
+                            "SETTINGS_INITIAL_WINDOW_SIZE too large",
+                        ));
+                    }
+                    let delta = value - self.peer_initial;
+                    self.peer_initial = value;
+                    for s in self.streams.values_mut() {
+                        s.send_window += delta;
+                        if s.send_window > frame::MAX_WINDOW {
+                            return Err((Reason::FlowControl, "a stream's window overflowed"));
+                        }
+                    }
+                    if delta > 0 {
+                        self.unblock_all();
+                    }
+                }
+                frame::SETTINGS_MAX_FRAME_SIZE => {
+                    if !(frame::DEFAULT_FRAME as u32..=16_777_215).contains(&value) {
+                        return Err((Reason::Protocol, "SETTINGS_MAX_FRAME_SIZE out of range"));
+                    }
+                    self.peer_frame = value as usize;
+                }
+                // The table size does not matter to an encoder that never
+                // indexes; MAX_CONCURRENT_STREAMS is about pushes, which
+                // the proxy does not make; unknown settings are ignored.
+                _ => {}
+            }
+        }
+        frame::put_head(&mut self.wbuf, 0, frame::SETTINGS, frame::ACK, 0);
+        Ok(())
+    }
+
+    fn window_update(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
+        if p.len() != 4 {
+            return Err((Reason::FrameSize, "WINDOW_UPDATE of the wrong size"));
+        }
+        let inc = i64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff);
+        if h.stream == 0 {
+            if inc == 0 {
+                return Err((Reason::Protocol, "WINDOW_UPDATE of 0"));
+            }
+            self.send_window += inc;
+            if self.send_window > frame::MAX_WINDOW {
+                return Err((Reason::FlowControl, "the connection's window overflowed"));
+            }
+            self.unblock_all();
+            return Ok(());
+        }
+        let Some(s) = self.streams.get_mut(&h.stream) else {
+            if h.stream > self.last_id {
+                return Err((Reason::Protocol, "WINDOW_UPDATE on an idle stream"));
+            }
+            return Ok(());
+        };
+        if inc == 0 {
+            self.reset(h.stream, Reason::Protocol);
+            return Ok(());
+        }
+        s.send_window += inc;
+        if s.send_window > frame::MAX_WINDOW {
+            self.reset(h.stream, Reason::FlowControl);
+            return Ok(());
+        }
+        if s.pending.is_some() {
+            crate::sync::lock(&self.ready).ids.push(h.stream);
+        }
+        Ok(())
+    }
+
+    /// Every stream with bytes waiting for window gets another look.
+    fn unblock_all(&mut self) {
+        let mut r = crate::sync::lock(&self.ready);
+        for (id, s) in &self.streams {
+            if s.pending.is_some() {
+                r.ids.push(*id);
+            }
+        }
+    }
+
+    /// Resets a stream (a stream error) and forgets it.
+    fn reset(&mut self, id: u32, reason: Reason) {
+        frame::put_rst(&mut self.wbuf, id, reason);
+        self.remove(id, "the stream was reset");
+    }
+
+    /// Forgets a stream: its request future and body are dropped, and a
+    /// reader of its request body learns that it failed.
+    fn remove(&mut self, id: u32, why: &'static str) {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        if let Some(inbox) = &s.inbox {
+            let mut b = crate::sync::lock(inbox);
+            let left: usize = b.chunks.drain(..).map(|c| c.len()).sum();
+            self.conn_unreleased += (left + b.consumed) as i64;
+            b.consumed = 0;
+            b.failed = Some(why);
+            b.stream = None;
+            if let Some(w) = b.reader.take() {
+                w.wake();
+            }
+        }
+        if self.streams.is_empty() {
+            self.last_end = Instant::now();
+        }
+    }
+
+    /// Polls the streams whose wakers fired. Whether there were any.
+    fn run_streams(&mut self) -> bool {
+        let mut ids = std::mem::take(&mut self.polling);
+        std::mem::swap(&mut ids, &mut crate::sync::lock(&self.ready).ids);
+        let any = !ids.is_empty();
+        for &id in &ids {
+            self.poll_stream(id);
+        }
+        ids.clear();
+        self.polling = ids;
+        if self.conn_unreleased >= CONN_WINDOW / 2 {
+            frame::put_window_update(&mut self.wbuf, 0, self.conn_unreleased as u32);
+            self.recv_window += self.conn_unreleased;
+            self.conn_unreleased = 0;
+        }
+        any
+    }
+
+    fn poll_stream(&mut self, id: u32) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if let Some(inbox) = &s.inbox {
+            let consumed = std::mem::take(&mut crate::sync::lock(inbox).consumed) as i64;
+            self.conn_unreleased += consumed;
+            if s.receiving {
+                s.unreleased += consumed;
+            }
+            if s.receiving && s.unreleased >= STREAM_WINDOW / 2 {
+                frame::put_window_update(&mut self.wbuf, id, s.unreleased as u32);
+                s.recv_window += s.unreleased;
+                s.unreleased = 0;
+            }
+        }
+        if let Some(answer) = s.answer.as_mut() {
+            let mut cx = Context::from_waker(&s.waker);
+            let Poll::Ready(Ok(resp)) = answer.as_mut().poll(&mut cx) else {
+                return;
+            };
+            s.answer = None;
+            self.send_head(id, resp);
+        }
+        self.pump(id);
+    }
+
+    /// Sends an answer's head; keeps its body to send.
+    fn send_head(&mut self, id: u32, resp: Response<ProxyBody>) {
+        let (parts, body) = resp.into_parts();
+        self.scratch.clear();
+        hpack::put_status(&mut self.scratch, parts.status.as_u16());
+        for (name, value) in &parts.headers {
+            if is_connection_specific(name) {
+                continue;
+            }
+            hpack::put_field(
+                &mut self.scratch,
+                name.as_str().as_bytes(),
+                value.as_bytes(),
+            );
+        }
+        let end = body.is_end_stream();
+        frame::put_headers(&mut self.wbuf, id, &self.scratch, end, self.peer_frame);
+        if end {
+            self.answer_done(id);
+        } else if let Some(s) = self.streams.get_mut(&id) {
+            s.body = Some(body);
+        }
+    }
+
+    /// Sends what the stream's body has, as far as the windows and the
+    /// output buffer allow.
+    fn pump(&mut self, id: u32) {
+        loop {
+            let Some(s) = self.streams.get_mut(&id) else {
+                return;
+            };
+            if let Some(p) = s.pending.as_mut() {
+                let n = (p.len() as i64)
+                    .min(s.send_window)
+                    .min(self.send_window)
+                    .min(self.peer_frame as i64)
+                    .max(0) as usize;
+                if n == 0 && !p.is_empty() {
+                    return; // Waiting for a WINDOW_UPDATE.
+                }
+                let last = n == p.len();
+                let end = last && s.pending_end;
+                frame::put_head(
+                    &mut self.wbuf,
+                    n,
+                    frame::DATA,
+                    if end { frame::END_STREAM } else { 0 },
+                    id,
+                );
+                self.wbuf.extend_from_slice(&p[..n]);
+                s.send_window -= n as i64;
+                self.send_window -= n as i64;
+                if last {
+                    s.pending = None;
+                    if end {
+                        self.answer_done(id);
+                        return;
+                    }
+                } else {
+                    bytes::Buf::advance(p, n);
+                    continue;
+                }
+            }
+            if self.wbuf.len() - self.wpos >= WRITE_HIGH {
+                self.write_blocked.push(id);
+                return;
+            }
+            let Some(body) = s.body.as_mut() else {
+                return;
+            };
+            let mut cx = Context::from_waker(&s.waker);
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Pending => return,
+                Poll::Ready(None) => {
+                    s.body = None;
+                    s.pending = Some(Bytes::new());
+                    s.pending_end = true;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!(peer = %self.client.peer, stream = id, cause = %e, "an HTTP/2 answer's body failed");
+                    self.reset(id, Reason::Internal);
+                    return;
+                }
+                Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                    Ok(data) => {
+                        let end = body.is_end_stream();
+                        if end {
+                            s.body = None;
+                        }
+                        s.pending = Some(data);
+                        s.pending_end = end;
+                    }
+                    Err(f) => {
+                        s.body = None;
+                        if let Ok(trailers) = f.into_trailers() {
+                            self.scratch.clear();
+                            for (name, value) in &trailers {
+                                if !is_connection_specific(name) {
+                                    hpack::put_field(
+                                        &mut self.scratch,
+                                        name.as_str().as_bytes(),
+                                        value.as_bytes(),
+                                    );
+                                }
+                            }
+                            frame::put_headers(
+                                &mut self.wbuf,
+                                id,
+                                &self.scratch,
+                                true,
+                                self.peer_frame,
+                            );
+                            self.answer_done(id);
+                            return;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// The answer is sent whole. If the client is still sending its
+    /// request, it is told to stop (RST_STREAM NO_ERROR, RFC 9113 §8.1).
+    fn answer_done(&mut self, id: u32) {
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
+        if s.receiving {
+            frame::put_rst(&mut self.wbuf, id, Reason::NoError);
+        }
+        self.remove(id, "the answer was sent before the request's end");
+    }
+}
+
+/// Headers that are about one HTTP/1.1 connection and have no place in
+/// HTTP/2 (RFC 9113 §8.2.2).
+fn is_connection_specific(name: &HeaderName) -> bool {
+    use hyper::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Why a request cannot be served.
+enum Malformed {
+    /// Reset with PROTOCOL_ERROR.
+    Protocol(&'static str),
+    /// Answered 431.
+    TooLarge,
+}
+
+/// A request's header block as it is decoded.
+struct Fields {
+    limit: usize,
+    max_count: usize,
+    trailers: bool,
+    size: usize,
+    count: usize,
+    regular: bool,
+    method: Option<Method>,
+    scheme: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    headers: HeaderMap,
+    cookie: Vec<u8>,
+    expect: Option<u64>,
+    error: Option<Malformed>,
+}
+
+impl Fields {
+    fn new(limit: usize, max_count: usize, trailers: bool) -> Fields {
+        Fields {
+            limit,
+            max_count,
+            trailers,
+            size: 0,
+            count: 0,
+            regular: false,
+            method: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            headers: HeaderMap::new(),
+            cookie: Vec::new(),
+            expect: None,
+            error: None,
+        }
+    }
+
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.take(name, value) {
+            self.error = Some(e);
+        }
+    }
+
+    fn take(&mut self, name: &[u8], value: &[u8]) -> Result<(), Malformed> {
+        use Malformed::Protocol;
+        self.size += name.len() + value.len() + 32;
+        self.count += 1;
+        if self.size > self.limit || self.count > self.max_count {
+            return Err(Malformed::TooLarge);
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.trailers || self.regular {
+                return Err(Protocol("a pseudo-header after the regular ones"));
+            }
+            let text = || {
+                std::str::from_utf8(value)
+                    .map(str::to_owned)
+                    .map_err(|_| Protocol("a pseudo-header that is not text"))
+            };
+            let slot = match pseudo {
+                b"method" => {
+                    if self.method.is_some() {
+                        return Err(Protocol("two :method"));
+                    }
+                    self.method =
+                        Some(Method::from_bytes(value).map_err(|_| Protocol("invalid :method"))?);
+                    return Ok(());
+                }
+                b"scheme" => &mut self.scheme,
+                b"authority" => &mut self.authority,
+                b"path" => &mut self.path,
+                _ => return Err(Protocol("an unknown pseudo-header")),
+            };
+            if slot.is_some() {
+                return Err(Protocol("a pseudo-header twice"));
+            }
+            *slot = Some(text()?);
+            return Ok(());
+        }
+        self.regular = true;
+        if name.iter().any(u8::is_ascii_uppercase) {
+            return Err(Protocol("an uppercase header name"));
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| Protocol("an invalid header name"))?;
+        if is_connection_specific(&name) {
+            return Err(Protocol("a connection-specific header"));
+        }
+        if name == hyper::header::TE && value != b"trailers" {
+            return Err(Protocol("TE other than trailers"));
+        }
+        if name == hyper::header::COOKIE {
+            // Split cookies are joined for HTTP/1.1 (RFC 9113 §8.2.3).
+            if !self.cookie.is_empty() {
+                self.cookie.extend_from_slice(b"; ");
+            }
+            self.cookie.extend_from_slice(value);
+            return Ok(());
+        }
+        let value =
+            HeaderValue::from_bytes(value).map_err(|_| Protocol("an invalid header value"))?;
+        if name == hyper::header::CONTENT_LENGTH {
+            let n = value
+                .to_str()
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or(Protocol("an invalid content-length"))?;
+            if self.expect.is_some_and(|e| e != n) {
+                return Err(Protocol("two different content-lengths"));
+            }
+            self.expect = Some(n);
+        }
+        self.headers.append(name, value);
+        Ok(())
+    }
+
+    /// The request, without its body, and its `content-length`.
+    fn request(mut self, end_stream: bool) -> Result<(Request<()>, Option<u64>), Malformed> {
+        use Malformed::Protocol;
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if !self.cookie.is_empty() {
+            let v =
+                HeaderValue::from_bytes(&self.cookie).map_err(|_| Protocol("an invalid cookie"))?;
+            self.headers.insert(hyper::header::COOKIE, v);
+        }
+        let method = self.method.ok_or(Protocol("no :method"))?;
+        if end_stream && self.expect.is_some_and(|n| n > 0) {
+            return Err(Protocol("a content-length with no body"));
+        }
+        let uri = if method == Method::CONNECT {
+            // Answered 405 by forward.rs.
+            let a = self
+                .authority
+                .ok_or(Protocol("CONNECT without :authority"))?;
+            Uri::builder().authority(a).build()
+        } else {
+            let scheme = self.scheme.ok_or(Protocol("no :scheme"))?;
+            let path = self
+                .path
+                .filter(|p| !p.is_empty())
+                .ok_or(Protocol("no :path"))?;
+            let b = Uri::builder().path_and_query(path);
+            match self.authority {
+                Some(a) => b.scheme(scheme.as_str()).authority(a).build(),
+                None => b.build(),
+            }
+        }
+        .map_err(|_| Protocol("an invalid request target"))?;
+        let mut req = Request::new(());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+        *req.headers_mut() = self.headers;
+        Ok((req, self.expect))
+    }
+}
