@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 /// A scratch directory removed when dropped.
@@ -58,7 +59,9 @@ type Protos = Arc<Mutex<Vec<String>>>;
 
 /// A backend: `/barrier` answers once `BARRIER` requests are in flight
 /// together (or after 10 s with 504, when they never are); `/trailers`
-/// answers a chunked body and gRPC-style trailers; anything else `ok`.
+/// answers a chunked body and gRPC-style trailers; `/slow` five lines
+/// 250 ms apart; `/count` the length of the request body; `/big?n=N` N
+/// bytes; anything else `ok`.
 async fn backend() -> (SocketAddr, Protos) {
     const BARRIER: usize = 100;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -134,6 +137,25 @@ async fn backend() -> (SocketAddr, Protos) {
                                         }
                                     });
                                     channel_body(rx).boxed()
+                                }
+                                "/count" => {
+                                    // The request body's length.
+                                    let n = req
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map_or(0, |c| c.to_bytes().len());
+                                    Full::new(Bytes::from(n.to_string())).boxed()
+                                }
+                                "/big" => {
+                                    // `n` bytes, from the query.
+                                    let n: usize = req
+                                        .uri()
+                                        .query()
+                                        .and_then(|q| q.strip_prefix("n="))
+                                        .and_then(|n| n.parse().ok())
+                                        .unwrap_or(0);
+                                    Full::new(Bytes::from(vec![b'x'; n])).boxed()
                                 }
                                 _ => Full::new(Bytes::from_static(b"ok\n")).boxed(),
                             };
@@ -1090,4 +1112,293 @@ async fn a_moved_connection_is_not_taken_for_a_new_one_by_h2c() {
             String::from_utf8_lossy(&got)
         );
     }
+}
+
+// The HTTP/2 layer's flow control, and what it does with broken clients.
+
+/// Bodies larger than every window on the way, both ways at once on one
+/// connection: uploads larger than the proxy's 1 MiB windows (which it
+/// must give back as the task takes the body), downloads larger than the
+/// client's windows (64 KiB per stream, 4 MiB for the connection; the
+/// proxy must wait for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_bodies_larger_than_every_window_pass_both_ways() {
+    let settings = Settings {
+        h2c: true,
+        ..Settings::default()
+    };
+    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let authority = format!("127.0.0.1:{}", f.plain);
+    // The client's windows: the stream's binding first, then the
+    // connection's.
+    for (stream, connection) in [(65_535, 4 << 20), (1 << 20, 65_535)] {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", f.plain))
+            .await
+            .unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(stream)
+                .initial_connection_window_size(connection)
+                .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        transfers_larger_than_windows(&send, &authority).await;
+    }
+}
+
+/// Three 3 MiB uploads and three 3 MB downloads at once.
+async fn transfers_larger_than_windows(
+    send: &hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    authority: &str,
+) {
+    const UP: usize = 3 << 20;
+    const DOWN: usize = 3_000_000;
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        let mut send = send.clone();
+        let authority = authority.to_string();
+        calls.push(tokio::spawn(async move {
+            let req = if i % 2 == 0 {
+                hyper::Request::builder()
+                    .method("POST")
+                    .uri(format!("http://{authority}/count"))
+                    .body(Full::new(Bytes::from(vec![b'u'; UP])))
+                    .unwrap()
+            } else {
+                get(&authority, &format!("/big?n={DOWN}"))
+            };
+            let r = send.send_request(req).await.unwrap();
+            assert_eq!(r.status(), 200);
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            if i % 2 == 0 {
+                assert_eq!(body, UP.to_string(), "the task got the whole upload");
+            } else {
+                assert_eq!(body.len(), DOWN, "the whole download arrived");
+            }
+        }));
+    }
+    for c in calls {
+        tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .expect("every transfer ends")
+            .unwrap();
+    }
+}
+
+/// A frame: type, flags, stream, payload.
+type RawFrame = (u8, u8, u32, Vec<u8>);
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK literal field without indexing, with a new name (strings of
+/// under 127 bytes, not Huffman coded).
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0, name.len() as u8];
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// `GET /` for `authority`, from the static table and a literal.
+fn get_block(authority: &str) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84];
+    b.extend(literal(":authority", authority));
+    b
+}
+
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const GOAWAY: u8 = 7;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+
+/// A prior-knowledge connection that has sent the preface and `first`.
+async fn raw_h2c(port: u16, first: &[u8]) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(first);
+    s.write_all(&out).await.unwrap();
+    s
+}
+
+/// The next frame of the given type (others skipped); `None` once the
+/// proxy has closed the connection.
+async fn frame_of(s: &mut tokio::net::TcpStream, kind: u8) -> Option<RawFrame> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.ok()?;
+            let len = (head[0] as usize) << 16 | (head[1] as usize) << 8 | head[2] as usize;
+            let mut payload = vec![0; len];
+            s.read_exact(&mut payload).await.ok()?;
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+            if head[3] == kind {
+                return Some((head[3], head[4], stream, payload));
+            }
+        }
+    })
+    .await
+    .expect("the proxy answers within 5 s")
+}
+
+/// The error code of a GOAWAY or RST_STREAM payload.
+fn code(f: &RawFrame) -> u32 {
+    let at = if f.0 == GOAWAY { 4 } else { 0 };
+    u32::from_be_bytes(f.3[at..at + 4].try_into().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_h2_connections_get_goaway_with_the_rfc_code_and_are_closed() {
+    let settings = Settings {
+        h2c: true,
+        ..Settings::default()
+    };
+    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let settings_frame = h2_frame(4, 0, 0, &[]);
+    let mut cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        // A PING where SETTINGS must come first: PROTOCOL_ERROR.
+        ("no SETTINGS first", h2_frame(6, 0, 0, &[0; 8]), 1),
+        (
+            // Index 70 of an empty dynamic table: COMPRESSION_ERROR.
+            "an undecodable header block",
+            [
+                settings_frame.clone(),
+                h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0xc6]),
+            ]
+            .concat(),
+            9,
+        ),
+        (
+            // One byte over the 16 KiB frame size: FRAME_SIZE_ERROR.
+            "a frame too large",
+            [settings_frame.clone(), h2_frame(0, 0, 1, &[0; 16_385])].concat(),
+            6,
+        ),
+        (
+            // A window over 2^31-1: FLOW_CONTROL_ERROR.
+            "a window overflow",
+            [
+                settings_frame.clone(),
+                h2_frame(8, 0, 0, &0x7fff_ffffu32.to_be_bytes()),
+            ]
+            .concat(),
+            3,
+        ),
+        (
+            // A stream id a client cannot open: PROTOCOL_ERROR.
+            "an even stream",
+            [
+                settings_frame.clone(),
+                h2_frame(HEADERS, END_HEADERS | END_STREAM, 2, &get_block("a")),
+            ]
+            .concat(),
+            1,
+        ),
+    ];
+    // Streams opened and reset at once, more than 200 in a second (the
+    // "rapid reset" attack): ENHANCE_YOUR_CALM.
+    let mut slow = vec![0x82, 0x86];
+    slow.extend(literal(":path", "/slow"));
+    slow.extend(literal(":authority", "a"));
+    let mut rapid = settings_frame.clone();
+    for id in (1..600).step_by(2) {
+        rapid.extend(h2_frame(HEADERS, END_HEADERS | END_STREAM, id, &slow));
+        rapid.extend(h2_frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    cases.push(("rapid resets", rapid, 11));
+    for (what, frames, want) in cases {
+        let mut c = raw_h2c(f.plain, &frames).await;
+        let goaway = frame_of(&mut c, GOAWAY)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no GOAWAY"));
+        assert_eq!(code(&goaway), want, "{what}");
+        assert!(frame_of(&mut c, GOAWAY).await.is_none(), "{what}: closed");
+    }
+    // Not the preface at all: closed.
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", f.plain))
+        .await
+        .unwrap();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(frame_of(&mut c, HEADERS).await.is_none());
+    // And the proxy serves on.
+    let (code, _, body) = curl(s(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{}/", f.plain),
+    ]))
+    .await;
+    assert_eq!((code.as_str(), body.as_str()), ("200", "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_h2_request_resets_its_stream_and_the_connection_serves_on() {
+    let settings = Settings {
+        h2c: true,
+        h2_max_streams: 2,
+        ..Settings::default()
+    };
+    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let authority = format!("127.0.0.1:{}", f.plain);
+    let mut c = raw_h2c(f.plain, &h2_frame(4, 0, 0, &[])).await;
+    // An uppercase header name.
+    let mut upper = get_block(&authority);
+    upper.extend(literal("X-Upper", "1"));
+    c.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &upper))
+        .await
+        .unwrap();
+    // A body shorter than its content-length.
+    let mut post = vec![0x83, 0x86, 0x84];
+    post.extend(literal(":authority", &authority));
+    post.extend(literal("content-length", "5"));
+    let short = [
+        h2_frame(HEADERS, END_HEADERS, 3, &post),
+        h2_frame(0, END_STREAM, 3, b"abc"),
+    ];
+    c.write_all(&short.concat()).await.unwrap();
+    // No :path.
+    let mut nopath = vec![0x82, 0x86];
+    nopath.extend(literal(":authority", &authority));
+    c.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, 5, &nopath))
+        .await
+        .unwrap();
+    for id in [1, 3, 5] {
+        let rst = frame_of(&mut c, RST_STREAM).await.expect("RST_STREAM");
+        assert_eq!((rst.2, code(&rst)), (id, 1), "stream {id}: PROTOCOL_ERROR");
+    }
+    // Two streams held by the task (the limit), a third refused.
+    let mut barrier = vec![0x82, 0x86];
+    barrier.extend(literal(":path", "/barrier"));
+    barrier.extend(literal(":authority", &authority));
+    for id in [7, 9, 11] {
+        c.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, id, &barrier))
+            .await
+            .unwrap();
+    }
+    let rst = frame_of(&mut c, RST_STREAM).await.expect("RST_STREAM");
+    assert_eq!((rst.2, code(&rst)), (11, 7), "REFUSED_STREAM");
+    // The client gives up one held stream: the next request is served.
+    c.write_all(&h2_frame(RST_STREAM, 0, 7, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    c.write_all(&h2_frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        13,
+        &get_block(&authority),
+    ))
+    .await
+    .unwrap();
+    let answer = frame_of(&mut c, HEADERS).await.expect("an answer");
+    assert_eq!((answer.2, answer.3[0]), (13, 0x88), "stream 13: 200");
 }

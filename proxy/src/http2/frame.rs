@@ -32,6 +32,7 @@ pub(crate) enum Reason {
     FrameSize = 0x6,
     RefusedStream = 0x7,
     Compression = 0x9,
+    EnhanceYourCalm = 0xb,
 }
 
 pub(crate) const SETTINGS_ENABLE_PUSH: u16 = 0x2;

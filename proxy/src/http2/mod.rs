@@ -56,6 +56,12 @@ const WRITE_HIGH: usize = 256 * 1024;
 const ROUNDS: usize = 32;
 /// HPACK's table size, as every peer starts with it.
 const TABLE_SIZE: usize = 4096;
+/// Streams a client may reset per second (at least; twice its stream
+/// limit if that is more). Each stream opened costs a request to a task,
+/// and resetting it frees its place at once, so without a cap one
+/// connection could send tasks requests as fast as it sends frames (the
+/// "rapid reset" attack, CVE-2023-44487).
+const RESETS_PER_SECOND: u32 = 200;
 
 /// Serves an HTTP/2 connection until it ends. `pre` holds what was read
 /// before it was known to be HTTP/2 (h2c: the preface, and maybe more).
@@ -291,6 +297,9 @@ struct Conn<I> {
     read_closed: bool,
     shutting: bool,
     last_end: Instant,
+    /// Streams the client reset in the second that began at `resets_since`.
+    resets: u32,
+    resets_since: Instant,
     scratch: Vec<u8>,
 }
 
@@ -341,6 +350,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             read_closed: false,
             shutting: false,
             last_end: Instant::now(),
+            resets: 0,
+            resets_since: Instant::now(),
             scratch: Vec::new(),
             inner,
         }
@@ -595,6 +606,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 }
                 if h.stream > self.last_id {
                     return Err((Reason::Protocol, "RST_STREAM on an idle stream"));
+                }
+                if self.streams.contains_key(&h.stream) {
+                    self.client_reset()?;
                 }
                 self.remove(h.stream, "the client reset the stream");
                 Ok(())
@@ -937,6 +951,25 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         if s.pending.is_some() {
             crate::sync::lock(&self.ready).ids.push(h.stream);
+        }
+        Ok(())
+    }
+
+    /// Counts a stream the client reset; too many in a second end the
+    /// connection (ENHANCE_YOUR_CALM).
+    fn client_reset(&mut self) -> Result<(), ConnError> {
+        let now = Instant::now();
+        if now.duration_since(self.resets_since) >= std::time::Duration::from_secs(1) {
+            self.resets_since = now;
+            self.resets = 0;
+        }
+        self.resets += 1;
+        let cap = RESETS_PER_SECOND.max(2 * self.inner.settings.h2_max_streams);
+        if self.resets > cap {
+            return Err((
+                Reason::EnhanceYourCalm,
+                "too many streams reset by the client",
+            ));
         }
         Ok(())
     }
