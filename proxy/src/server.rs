@@ -502,8 +502,47 @@ pub(crate) async fn observed(
             hyper::header::HeaderValue::from_static("close"),
         );
     }
+    Ok(observe(inner, client, started, line, seen, resp))
+}
+
+/// An HTTP/2 stream the fast path took: its request already rewritten into
+/// HTTP/1.1 bytes for the task (h1.rs), sent on a raw task connection
+/// (raw.rs), and counted as [`observed`] counts.
+pub(crate) async fn observed_raw(
+    inner: Arc<Inner>,
+    client: ClientInfo,
+    f: crate::h1::Forward,
+    request: Vec<u8>,
+    line: Option<RequestLine>,
+) -> Result<hyper::Response<crate::ProxyBody>, std::convert::Infallible> {
+    let started = Instant::now();
+    f.route.requests.fetch_add(1, Ordering::Relaxed);
+    let mut seen = forward::Seen {
+        route: Some(Arc::clone(&f.route)),
+        backend: None,
+    };
+    let raw = crate::raw::Raw {
+        route: &f.route,
+        algorithm: f.algorithm,
+        request,
+        idempotent: f.idempotent,
+        head: f.head,
+    };
+    let resp = crate::raw::forward(&inner, raw, &mut seen.backend).await;
+    Ok(observe(inner, client, started, line, seen, resp))
+}
+
+/// The answer, with a body that records the request once it is done.
+fn observe(
+    inner: Arc<Inner>,
+    client: ClientInfo,
+    started: Instant,
+    line: Option<RequestLine>,
+    seen: forward::Seen,
+    resp: hyper::Response<crate::ProxyBody>,
+) -> hyper::Response<crate::ProxyBody> {
     let status = resp.status().as_u16();
-    Ok(resp.map(|body| {
+    resp.map(|body| {
         use http_body_util::BodyExt;
         Observed {
             body,
@@ -516,15 +555,15 @@ pub(crate) async fn observed(
             line,
         }
         .boxed()
-    }))
+    })
 }
 
 /// What the access log says of a request, kept only when it is on.
-struct RequestLine {
-    version: &'static str,
-    method: String,
-    host: String,
-    target: String,
+pub(crate) struct RequestLine {
+    pub version: &'static str,
+    pub method: String,
+    pub host: String,
+    pub target: String,
 }
 
 /// An answer's body that records its request once it is done.

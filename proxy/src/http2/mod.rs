@@ -9,10 +9,13 @@
 //! Frames go out through one buffer, written once per turn. No task per
 //! stream, no channel between the connection and its streams.
 //!
-//! Each stream is a request for forward.rs, as HTTP/1.1 clients' are
-//! (routing, the health path, retries, access log, metrics): a bodyless
-//! one goes to a task on the fast path's raw connections (raw.rs), one
-//! with a body or `TE: trailers` through hyper's client. The request body
+//! A stream's header block is decoded straight into the HTTP/1.1 head a
+//! task would be sent (request.rs). The common stream (no body, no `TE:
+//! trailers`) then goes the fast path's way: h1.rs rewrites the head as
+//! bytes and raw.rs sends it on a pooled raw task connection, with no
+//! `Request` built. Any other is a request for forward.rs, as HTTP/1.1
+//! clients' are (routing, the health path, retries, access log, metrics):
+//! one with a body or `TE: trailers` through hyper's client. The request body
 //! arrives through an inbox ([`RequestBody`]) whose consumption opens the
 //! client's window again, so a slow task slows its client instead of
 //! filling the proxy's memory.
@@ -25,14 +28,15 @@
 
 mod frame;
 mod hpack;
+mod request;
 
 use crate::forward::{ClientBody, ClientInfo};
 use crate::{Inner, ProxyBody};
 use bytes::Bytes;
 use frame::{Head, Reason};
 use hyper::body::{Body, Frame};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::header::HeaderMap;
+use hyper::{Response, StatusCode};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -297,6 +301,8 @@ struct Conn<I> {
     read_closed: bool,
     shutting: bool,
     last_end: Instant,
+    /// Where request heads are built.
+    request: request::Scratch,
     /// Streams the client reset in the second that began at `resets_since`.
     resets: u32,
     resets_since: Instant,
@@ -350,6 +356,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             read_closed: false,
             shutting: false,
             last_end: Instant::now(),
+            request: request::Scratch::default(),
             resets: 0,
             resets_since: Instant::now(),
             scratch: Vec::new(),
@@ -754,12 +761,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 .decode(block, |_, _| {})
                 .map_err(|_| (Reason::Compression, "undecodable header block"));
         }
-        let s = &self.inner.settings;
-        let mut fields = Fields::new(s.max_header_bytes, s.max_headers, trailers);
-        self.decoder
-            .decode(block, |n, v| fields.field(n, v))
-            .map_err(|_| (Reason::Compression, "undecodable header block"))?;
+        let (limit, max_headers) = (
+            self.inner.settings.max_header_bytes,
+            self.inner.settings.max_headers,
+        );
         if trailers {
+            let mut t = request::Trailers::new(limit);
+            self.decoder
+                .decode(block, |n, v| t.field(n, v))
+                .map_err(|_| (Reason::Compression, "undecodable header block"))?;
             let Some(inbox) = self
                 .streams
                 .get_mut(&id)
@@ -772,18 +782,23 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 self.reset(id, Reason::StreamClosed);
                 return Ok(());
             };
-            if !end_stream || fields.error.is_some() {
+            if !end_stream || t.bad {
                 self.reset(id, Reason::Protocol);
                 return Ok(());
             }
             let mut b = crate::sync::lock(&inbox);
-            b.trailers = Some(fields.headers);
+            b.trailers = Some(t.map);
             b.end = true;
             if let Some(w) = b.reader.take() {
                 w.wake();
             }
             return Ok(());
         }
+        let mut head = request::Builder::new(&mut self.request, limit, max_headers);
+        self.decoder
+            .decode(block, |n, v| head.field(n, v))
+            .map_err(|_| (Reason::Compression, "undecodable header block"))?;
+        let facts = head.finish(end_stream);
         self.last_id = id;
         if self.goaway || self.peer_goaway {
             // Not served: the GOAWAY sent says so.
@@ -793,23 +808,35 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             frame::put_rst(&mut self.wbuf, id, Reason::RefusedStream);
             return Ok(());
         }
-        let answer: Answer = match fields.request(end_stream) {
-            Err(Malformed::Protocol(why)) => {
+        let facts = match facts {
+            Ok(f) => f,
+            Err(request::Malformed::Protocol(why)) => {
                 tracing::debug!(peer = %self.client.peer, stream = id, why, "malformed HTTP/2 request");
                 frame::put_rst(&mut self.wbuf, id, Reason::Protocol);
                 return Ok(());
             }
-            Err(Malformed::TooLarge) => {
-                let limit = self.inner.settings.max_header_bytes;
+            Err(request::Malformed::TooLarge) => {
                 let r = crate::forward::text(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     format!(
-                        "dockhand: request headers exceed {limit} bytes or their count limit\n"
+                        "dockhand: request headers exceed {limit} bytes or {max_headers} fields\n"
                     ),
                 );
-                Box::pin(std::future::ready(Ok(r)))
+                self.open(id, None, None).answer = Some(Box::pin(std::future::ready(Ok(r))));
+                crate::sync::lock(&self.ready).ids.push(id);
+                return Ok(());
             }
-            Ok((req, expect)) => {
+        };
+        let answer: Answer = match self.fast(end_stream, &facts) {
+            Some(answer) => answer,
+            None => {
+                let req = match request::from_head(&self.request.head, max_headers) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        frame::put_rst(&mut self.wbuf, id, Reason::Protocol);
+                        return Ok(());
+                    }
+                };
                 let inbox = (!end_stream).then(|| Arc::new(Mutex::new(Inbox::default())));
                 let req = req.map(|()| {
                     ClientBody::H2(RequestBody {
@@ -822,15 +849,56 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     req,
                     false,
                 ));
-                self.open(id, inbox, expect).answer = Some(answer);
+                self.open(id, inbox, facts.expect).answer = Some(answer);
                 crate::sync::lock(&self.ready).ids.push(id);
                 return Ok(());
             }
         };
-        let stream = self.open(id, None, None);
-        stream.answer = Some(answer);
+        self.open(id, None, None).answer = Some(answer);
         crate::sync::lock(&self.ready).ids.push(id);
         Ok(())
+    }
+
+    /// The common stream (no body, no `te: trailers`) the way the fast
+    /// path takes an HTTP/1.1 request: the head rewritten as bytes by
+    /// h1.rs and sent on a raw task connection (raw.rs). `None` for what
+    /// it does not take (routes to HTTP/2 tasks, the proxy's own answers,
+    /// anything unusual), which goes through forward.rs.
+    fn fast(&mut self, end_stream: bool, facts: &request::Facts) -> Option<Answer> {
+        if !end_stream || facts.trailers {
+            return None;
+        }
+        let s = &self.inner.settings;
+        let limits = crate::h1::Limits {
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            health_path: &s.health_path,
+            https_port: s.https_port,
+        };
+        let table = self.inner.table();
+        let head = &self.request.head;
+        let mut out = Vec::with_capacity(head.len() + 160);
+        let crate::h1::Prep::Forward(f) =
+            crate::h1::prepare(head, &limits, &self.client, &table, &mut out)
+        else {
+            return None;
+        };
+        let line = self.inner.log().is_some().then(|| {
+            let (method, target, host) = crate::h1::request_line(head);
+            crate::server::RequestLine {
+                version: "HTTP/2",
+                method: method.to_string(),
+                host: host.to_string(),
+                target: target.to_string(),
+            }
+        });
+        Some(Box::pin(crate::server::observed_raw(
+            Arc::clone(&self.inner),
+            self.client,
+            f,
+            out,
+            line,
+        )))
     }
 
     fn open(
@@ -1063,7 +1131,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.scratch.clear();
         hpack::put_status(&mut self.scratch, parts.status.as_u16());
         for (name, value) in &parts.headers {
-            if is_connection_specific(name) {
+            if request::connection_specific(name.as_str().as_bytes()) {
                 continue;
             }
             hpack::put_field(
@@ -1154,7 +1222,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                         if let Ok(trailers) = f.into_trailers() {
                             self.scratch.clear();
                             for (name, value) in &trailers {
-                                if !is_connection_specific(name) {
+                                if !request::connection_specific(name.as_str().as_bytes()) {
                                     hpack::put_field(
                                         &mut self.scratch,
                                         name.as_str().as_bytes(),
@@ -1188,187 +1256,5 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             frame::put_rst(&mut self.wbuf, id, Reason::NoError);
         }
         self.remove(id, "the answer was sent before the request's end");
-    }
-}
-
-/// Headers that are about one HTTP/1.1 connection and have no place in
-/// HTTP/2 (RFC 9113 §8.2.2).
-fn is_connection_specific(name: &HeaderName) -> bool {
-    use hyper::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
-    name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
-/// Why a request cannot be served.
-enum Malformed {
-    /// Reset with PROTOCOL_ERROR.
-    Protocol(&'static str),
-    /// Answered 431.
-    TooLarge,
-}
-
-/// A request's header block as it is decoded.
-struct Fields {
-    limit: usize,
-    max_count: usize,
-    trailers: bool,
-    size: usize,
-    count: usize,
-    regular: bool,
-    method: Option<Method>,
-    scheme: Option<String>,
-    authority: Option<String>,
-    path: Option<String>,
-    headers: HeaderMap,
-    cookie: Vec<u8>,
-    expect: Option<u64>,
-    error: Option<Malformed>,
-}
-
-impl Fields {
-    fn new(limit: usize, max_count: usize, trailers: bool) -> Fields {
-        Fields {
-            limit,
-            max_count,
-            trailers,
-            size: 0,
-            count: 0,
-            regular: false,
-            method: None,
-            scheme: None,
-            authority: None,
-            path: None,
-            headers: HeaderMap::new(),
-            cookie: Vec::new(),
-            expect: None,
-            error: None,
-        }
-    }
-
-    fn field(&mut self, name: &[u8], value: &[u8]) {
-        if self.error.is_some() {
-            return;
-        }
-        if let Err(e) = self.take(name, value) {
-            self.error = Some(e);
-        }
-    }
-
-    fn take(&mut self, name: &[u8], value: &[u8]) -> Result<(), Malformed> {
-        use Malformed::Protocol;
-        self.size += name.len() + value.len() + 32;
-        self.count += 1;
-        if self.size > self.limit || self.count > self.max_count {
-            return Err(Malformed::TooLarge);
-        }
-        if let Some(pseudo) = name.strip_prefix(b":") {
-            if self.trailers || self.regular {
-                return Err(Protocol("a pseudo-header after the regular ones"));
-            }
-            let text = || {
-                std::str::from_utf8(value)
-                    .map(str::to_owned)
-                    .map_err(|_| Protocol("a pseudo-header that is not text"))
-            };
-            let slot = match pseudo {
-                b"method" => {
-                    if self.method.is_some() {
-                        return Err(Protocol("two :method"));
-                    }
-                    self.method =
-                        Some(Method::from_bytes(value).map_err(|_| Protocol("invalid :method"))?);
-                    return Ok(());
-                }
-                b"scheme" => &mut self.scheme,
-                b"authority" => &mut self.authority,
-                b"path" => &mut self.path,
-                _ => return Err(Protocol("an unknown pseudo-header")),
-            };
-            if slot.is_some() {
-                return Err(Protocol("a pseudo-header twice"));
-            }
-            *slot = Some(text()?);
-            return Ok(());
-        }
-        self.regular = true;
-        if name.iter().any(u8::is_ascii_uppercase) {
-            return Err(Protocol("an uppercase header name"));
-        }
-        let name = HeaderName::from_bytes(name).map_err(|_| Protocol("an invalid header name"))?;
-        if is_connection_specific(&name) {
-            return Err(Protocol("a connection-specific header"));
-        }
-        if name == hyper::header::TE && value != b"trailers" {
-            return Err(Protocol("TE other than trailers"));
-        }
-        if name == hyper::header::COOKIE {
-            // Split cookies are joined for HTTP/1.1 (RFC 9113 §8.2.3).
-            if !self.cookie.is_empty() {
-                self.cookie.extend_from_slice(b"; ");
-            }
-            self.cookie.extend_from_slice(value);
-            return Ok(());
-        }
-        let value =
-            HeaderValue::from_bytes(value).map_err(|_| Protocol("an invalid header value"))?;
-        if name == hyper::header::CONTENT_LENGTH {
-            let n = value
-                .to_str()
-                .ok()
-                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(Protocol("an invalid content-length"))?;
-            if self.expect.is_some_and(|e| e != n) {
-                return Err(Protocol("two different content-lengths"));
-            }
-            self.expect = Some(n);
-        }
-        self.headers.append(name, value);
-        Ok(())
-    }
-
-    /// The request, without its body, and its `content-length`.
-    fn request(mut self, end_stream: bool) -> Result<(Request<()>, Option<u64>), Malformed> {
-        use Malformed::Protocol;
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        if !self.cookie.is_empty() {
-            let v =
-                HeaderValue::from_bytes(&self.cookie).map_err(|_| Protocol("an invalid cookie"))?;
-            self.headers.insert(hyper::header::COOKIE, v);
-        }
-        let method = self.method.ok_or(Protocol("no :method"))?;
-        if end_stream && self.expect.is_some_and(|n| n > 0) {
-            return Err(Protocol("a content-length with no body"));
-        }
-        let uri = if method == Method::CONNECT {
-            // Answered 405 by forward.rs.
-            let a = self
-                .authority
-                .ok_or(Protocol("CONNECT without :authority"))?;
-            Uri::builder().authority(a).build()
-        } else {
-            let scheme = self.scheme.ok_or(Protocol("no :scheme"))?;
-            let path = self
-                .path
-                .filter(|p| !p.is_empty())
-                .ok_or(Protocol("no :path"))?;
-            let b = Uri::builder().path_and_query(path);
-            match self.authority {
-                Some(a) => b.scheme(scheme.as_str()).authority(a).build(),
-                None => b.build(),
-            }
-        }
-        .map_err(|_| Protocol("an invalid request target"))?;
-        let mut req = Request::new(());
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_2;
-        *req.headers_mut() = self.headers;
-        Ok((req, self.expect))
     }
 }
