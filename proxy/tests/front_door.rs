@@ -1402,3 +1402,55 @@ async fn a_malformed_h2_request_resets_its_stream_and_the_connection_serves_on()
     let answer = frame_of(&mut c, HEADERS).await.expect("an answer");
     assert_eq!((answer.2, answer.3[0]), (13, 0x88), "stream 13: 200");
 }
+
+/// A graceful GOAWAY comes in two (RFC 9113 §6.8): the first still takes
+/// every stream and goes with a PING; a stream the client opens before it
+/// answers that PING (it may have crossed the GOAWAY on the way) is
+/// served; the second GOAWAY, once the PING is answered, names it as the
+/// last, and the connection ends when it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_h2_connection_serves_streams_that_crossed_its_goaway() {
+    let settings = Settings {
+        h2c: true,
+        ..Settings::default()
+    };
+    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let authority = format!("127.0.0.1:{}", f.plain);
+    let first = [
+        h2_frame(4, 0, 0, &[]),
+        h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block(&authority)),
+    ]
+    .concat();
+    let mut c = raw_h2c(f.plain, &first).await;
+    let answer = frame_of(&mut c, HEADERS).await.expect("an answer");
+    assert_eq!((answer.2, answer.3[0]), (1, 0x88));
+
+    f.proxy.set_draining(true);
+    let goaway = frame_of(&mut c, GOAWAY).await.expect("the first GOAWAY");
+    let last = u32::from_be_bytes(goaway.3[..4].try_into().unwrap());
+    assert_eq!(
+        (last, code(&goaway)),
+        (0x7fff_ffff, 0),
+        "every stream, NO_ERROR"
+    );
+    let ping = frame_of(&mut c, 6).await.expect("a PING with it");
+    assert_eq!(ping.1 & 1, 0, "not an ACK");
+    // A request that crossed the GOAWAY: served.
+    c.write_all(&h2_frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        3,
+        &get_block(&authority),
+    ))
+    .await
+    .unwrap();
+    let answer = frame_of(&mut c, HEADERS).await.expect("stream 3 answered");
+    assert_eq!((answer.2, answer.3[0]), (3, 0x88));
+    // The PING answered: the last GOAWAY names stream 3.
+    c.write_all(&h2_frame(6, 1, 0, &ping.3)).await.unwrap();
+    let goaway = frame_of(&mut c, GOAWAY).await.expect("the last GOAWAY");
+    let last = u32::from_be_bytes(goaway.3[..4].try_into().unwrap());
+    assert_eq!((last, code(&goaway)), (3, 0));
+    // Nothing open: the connection ends.
+    assert!(frame_of(&mut c, GOAWAY).await.is_none());
+}

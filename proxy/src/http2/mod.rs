@@ -67,6 +67,12 @@ const TABLE_SIZE: usize = 4096;
 /// "rapid reset" attack, CVE-2023-44487).
 const RESETS_PER_SECOND: u32 = 200;
 
+/// How long a client has to answer the PING sent with the first GOAWAY
+/// before the second one says which streams will be served.
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// That PING's payload.
+const GOAWAY_PING: [u8; 8] = *b"dh-bye!!";
+
 /// Serves an HTTP/2 connection until it ends. `pre` holds what was read
 /// before it was known to be HTTP/2 (h2c: the preface, and maybe more).
 pub(crate) async fn serve<I>(
@@ -90,26 +96,35 @@ pub(crate) async fn serve<I>(
     let idle_check = tokio::time::sleep(idle);
     tokio::pin!(idle_check);
     let mut watching = true;
+    // Held from shutdown until this connection is done: shutdown waits.
+    let mut release = None;
+    let mut grace_end = None;
+    // Far enough to never come, for the timers not set.
+    let never = Instant::now() + std::time::Duration::from_secs(86_400 * 365);
     loop {
+        let ack_by = conn.announced.map(|at| at + ACK_WAIT);
         tokio::select! {
             () = std::future::poll_fn(|cx| conn.poll(cx)) => return,
-            release = &mut signaled => {
-                conn.go_away(Reason::NoError);
-                let _ = tokio::time::timeout(grace, std::future::poll_fn(|cx| conn.poll(cx))).await;
-                drop(release);
-                return;
+            r = &mut signaled, if release.is_none() => {
+                release = Some(r);
+                grace_end = Some(Instant::now() + grace);
+                conn.go_away();
+            }
+            () = tokio::time::sleep_until(grace_end.unwrap_or(never)), if grace_end.is_some() => return,
+            () = tokio::time::sleep_until(ack_by.unwrap_or(never)), if ack_by.is_some() => {
+                conn.final_goaway();
             }
             r = draining.changed(), if watching && !conn.going_away() => match r {
                 // The proxy is gone: nothing more to wait for.
                 Err(_) => watching = false,
                 Ok(()) => {
                     if *draining.borrow_and_update() {
-                        conn.go_away(Reason::NoError);
+                        conn.go_away();
                     }
                 }
             },
             () = &mut idle_check, if !conn.going_away() => match conn.idle_since() {
-                Some(since) if since + idle <= Instant::now() => conn.go_away(Reason::NoError),
+                Some(since) if since + idle <= Instant::now() => conn.go_away(),
                 Some(since) => idle_check.as_mut().reset(since + idle),
                 // A stream is open: look again once it could have ended
                 // an idle timeout ago.
@@ -291,8 +306,12 @@ struct Conn<I> {
     peer_frame: usize,
     recv_window: i64,
     conn_unreleased: i64,
-    /// GOAWAY sent: no new stream; the connection ends when the open ones
-    /// are done.
+    /// The first GOAWAY of a graceful end (every stream id) went out with
+    /// a PING at this time: streams the client sent before it saw it are
+    /// still served, until the PING's answer (or [`ACK_WAIT`]).
+    announced: Option<Instant>,
+    /// The last GOAWAY went out: no new stream; the connection ends when
+    /// the open ones are done.
     goaway: bool,
     /// The client sent GOAWAY: it opens no more streams.
     peer_goaway: bool,
@@ -350,6 +369,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             peer_frame: frame::DEFAULT_FRAME,
             recv_window: CONN_WINDOW,
             conn_unreleased: 0,
+            announced: None,
             goaway: false,
             peer_goaway: false,
             closing: false,
@@ -365,7 +385,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 
     fn going_away(&self) -> bool {
-        self.goaway || self.closing
+        self.announced.is_some() || self.goaway || self.closing
     }
 
     /// Since when no stream has been open; `None` while one is.
@@ -373,20 +393,37 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.streams.is_empty().then_some(self.last_end)
     }
 
-    /// Sends GOAWAY: the streams opened so far are served, no other.
-    fn go_away(&mut self, reason: Reason) {
+    /// Begins a graceful end (RFC 9113 §6.8): a GOAWAY that still takes
+    /// every stream, and a PING; the client's answer to it shows it has
+    /// seen the GOAWAY, so whatever it sent before is there, and the final
+    /// GOAWAY ([`Conn::final_goaway`]) can name the last stream served
+    /// without refusing a request that crossed it on the way.
+    fn go_away(&mut self) {
+        if self.announced.is_some() || self.goaway {
+            return;
+        }
+        self.announced = Some(Instant::now());
+        frame::put_goaway(&mut self.wbuf, frame::MAX_WINDOW as u32, Reason::NoError);
+        frame::put_head(&mut self.wbuf, 8, frame::PING, 0, 0);
+        self.wbuf.extend_from_slice(&GOAWAY_PING);
+    }
+
+    /// The GOAWAY that names the last stream served: no other is taken.
+    fn final_goaway(&mut self) {
         if self.goaway {
             return;
         }
+        self.announced = None;
         self.goaway = true;
-        frame::put_goaway(&mut self.wbuf, self.last_id, reason);
+        frame::put_goaway(&mut self.wbuf, self.last_id, Reason::NoError);
     }
 
     /// A connection error: GOAWAY with its code, then the end.
     fn fail(&mut self, (reason, why): ConnError) {
         tracing::debug!(peer = %self.client.peer, ?reason, why, "HTTP/2 connection error");
-        self.goaway = false;
-        self.go_away(reason);
+        self.announced = None;
+        self.goaway = true;
+        frame::put_goaway(&mut self.wbuf, self.last_id, reason);
         self.closing = true;
     }
 
@@ -632,6 +669,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 if h.flags & frame::ACK == 0 {
                     frame::put_head(&mut self.wbuf, 8, frame::PING, frame::ACK, 0);
                     self.wbuf.extend_from_slice(p);
+                } else if p == GOAWAY_PING && self.announced.is_some() {
+                    self.final_goaway();
                 }
                 Ok(())
             }
