@@ -639,6 +639,9 @@ async fn h2c_serves_and_a_draining_host_sends_goaway_and_fails_its_health_check(
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The proxy's own answer says its date and length, as over HTTP/1.1.
+    assert!(r.headers().contains_key("date"));
+    assert_eq!(r.headers()["content-length"], "3");
     // The old default path is an ordinary request now, routed to the task.
     let (code, _, body) = curl(s(&[&format!(
         "http://127.0.0.1:{}/dockhand/health",

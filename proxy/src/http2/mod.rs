@@ -73,6 +73,31 @@ const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// That PING's payload.
 const GOAWAY_PING: [u8; 8] = *b"dh-bye!!";
 
+/// The `date` of an answer (IMF-fixdate), formatted once a second per
+/// thread.
+fn date() -> [u8; 29] {
+    thread_local! {
+        static DATE: std::cell::Cell<(u64, [u8; 29])> =
+            const { std::cell::Cell::new((0, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let (at, text) = d.get();
+        if at == secs {
+            return text;
+        }
+        let mut out = [b' '; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let n = formatted.len().min(29);
+        out[..n].copy_from_slice(&formatted.as_bytes()[..n]);
+        d.set((secs, out));
+        out
+    })
+}
+
 /// Serves an HTTP/2 connection until it ends. `pre` holds what was read
 /// before it was known to be HTTP/2 (h2c: the preface, and maybe more).
 pub(crate) async fn serve<I>(
@@ -1180,6 +1205,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             );
         }
         let end = body.is_end_stream();
+        // As hyper's servers do: a `date`, and the length of a body whose
+        // length is known (the proxy's own answers).
+        if !parts.headers.contains_key(hyper::header::DATE) {
+            hpack::put_field(&mut self.scratch, b"date", &date());
+        }
+        if !end && !parts.headers.contains_key(hyper::header::CONTENT_LENGTH) {
+            if let Some(n) = body.size_hint().exact() {
+                hpack::put_field(
+                    &mut self.scratch,
+                    b"content-length",
+                    n.to_string().as_bytes(),
+                );
+            }
+        }
         frame::put_headers(&mut self.wbuf, id, &self.scratch, end, self.peer_frame);
         if end {
             self.answer_done(id);
