@@ -1119,6 +1119,18 @@ async fn a_moved_connection_is_not_taken_for_a_new_one_by_h2c() {
 
 // The HTTP/2 layer's flow control, and what it does with broken clients.
 
+/// A proxy with `settings` and prior-knowledge h2c on, and the authority
+/// to ask it for.
+async fn h2c_front(settings: Settings) -> (Front, String) {
+    let settings = Settings {
+        h2c: true,
+        ..settings
+    };
+    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let authority = format!("127.0.0.1:{}", f.plain);
+    (f, authority)
+}
+
 /// Bodies larger than every window on the way, both ways at once on one
 /// connection: uploads larger than the proxy's 1 MiB windows (which it
 /// must give back as the task takes the body), downloads larger than the
@@ -1126,12 +1138,7 @@ async fn a_moved_connection_is_not_taken_for_a_new_one_by_h2c() {
 /// proxy must wait for both).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_bodies_larger_than_every_window_pass_both_ways() {
-    let settings = Settings {
-        h2c: true,
-        ..Settings::default()
-    };
-    let f = front(settings, None, vec![RouteSpec::default()]).await;
-    let authority = format!("127.0.0.1:{}", f.plain);
+    let (f, authority) = h2c_front(Settings::default()).await;
     // The client's windows: the stream's binding first, then the
     // connection's.
     for (stream, connection) in [(65_535, 4 << 20), (1 << 20, 65_535)] {
@@ -1262,11 +1269,7 @@ fn code(f: &RawFrame) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_h2_connections_get_goaway_with_the_rfc_code_and_are_closed() {
-    let settings = Settings {
-        h2c: true,
-        ..Settings::default()
-    };
-    let f = front(settings, None, vec![RouteSpec::default()]).await;
+    let (f, _) = h2c_front(Settings::default()).await;
     let settings_frame = h2_frame(4, 0, 0, &[]);
     let mut cases: Vec<(&str, Vec<u8>, u32)> = vec![
         // A PING where SETTINGS must come first: PROTOCOL_ERROR.
@@ -1347,12 +1350,10 @@ async fn broken_h2_connections_get_goaway_with_the_rfc_code_and_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_h2_request_resets_its_stream_and_the_connection_serves_on() {
     let settings = Settings {
-        h2c: true,
         h2_max_streams: 2,
         ..Settings::default()
     };
-    let f = front(settings, None, vec![RouteSpec::default()]).await;
-    let authority = format!("127.0.0.1:{}", f.plain);
+    let (f, authority) = h2c_front(settings).await;
     let mut c = raw_h2c(f.plain, &h2_frame(4, 0, 0, &[])).await;
     // An uppercase header name.
     let mut upper = get_block(&authority);
@@ -1413,12 +1414,7 @@ async fn a_malformed_h2_request_resets_its_stream_and_the_connection_serves_on()
 /// last, and the connection ends when it is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_h2_connection_serves_streams_that_crossed_its_goaway() {
-    let settings = Settings {
-        h2c: true,
-        ..Settings::default()
-    };
-    let f = front(settings, None, vec![RouteSpec::default()]).await;
-    let authority = format!("127.0.0.1:{}", f.plain);
+    let (f, authority) = h2c_front(Settings::default()).await;
     let first = [
         h2_frame(4, 0, 0, &[]),
         h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block(&authority)),
