@@ -1322,6 +1322,14 @@ async fn broken_h2_connections_get_goaway_with_the_rfc_code_and_are_closed() {
         rapid.extend(h2_frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
     }
     cases.push(("rapid resets", rapid, 11));
+    // The same through resets the client makes the proxy send (a
+    // WINDOW_UPDATE of 0 on each open stream; "MadeYouReset").
+    let mut made = settings_frame.clone();
+    for id in (1..600).step_by(2) {
+        made.extend(h2_frame(HEADERS, END_HEADERS | END_STREAM, id, &slow));
+        made.extend(h2_frame(8, 0, id, &0u32.to_be_bytes()));
+    }
+    cases.push(("resets made by the proxy", made, 11));
     for (what, frames, want) in cases {
         let mut c = raw_h2c(f.plain, &frames).await;
         let goaway = frame_of(&mut c, GOAWAY)
@@ -1376,7 +1384,18 @@ async fn a_malformed_h2_request_resets_its_stream_and_the_connection_serves_on()
     c.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, 5, &nopath))
         .await
         .unwrap();
-    for id in [1, 3, 5] {
+    // Trailers ending a body shorter than its content-length.
+    let mut post7 = vec![0x83, 0x86];
+    post7.extend(literal(":path", "/count"));
+    post7.extend(literal(":authority", &authority));
+    post7.extend(literal("content-length", "5"));
+    let trailed = [
+        h2_frame(HEADERS, END_HEADERS, 7, &post7),
+        h2_frame(0, 0, 7, b"abc"),
+        h2_frame(HEADERS, END_HEADERS | END_STREAM, 7, &literal("x-t", "1")),
+    ];
+    c.write_all(&trailed.concat()).await.unwrap();
+    for id in [1, 3, 5, 7] {
         let rst = frame_of(&mut c, RST_STREAM).await.expect("RST_STREAM");
         assert_eq!((rst.2, code(&rst)), (id, 1), "stream {id}: PROTOCOL_ERROR");
     }
@@ -1384,27 +1403,27 @@ async fn a_malformed_h2_request_resets_its_stream_and_the_connection_serves_on()
     let mut barrier = vec![0x82, 0x86];
     barrier.extend(literal(":path", "/barrier"));
     barrier.extend(literal(":authority", &authority));
-    for id in [7, 9, 11] {
+    for id in [9, 11, 13] {
         c.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, id, &barrier))
             .await
             .unwrap();
     }
     let rst = frame_of(&mut c, RST_STREAM).await.expect("RST_STREAM");
-    assert_eq!((rst.2, code(&rst)), (11, 7), "REFUSED_STREAM");
+    assert_eq!((rst.2, code(&rst)), (13, 7), "REFUSED_STREAM");
     // The client gives up one held stream: the next request is served.
-    c.write_all(&h2_frame(RST_STREAM, 0, 7, &8u32.to_be_bytes()))
+    c.write_all(&h2_frame(RST_STREAM, 0, 9, &8u32.to_be_bytes()))
         .await
         .unwrap();
     c.write_all(&h2_frame(
         HEADERS,
         END_HEADERS | END_STREAM,
-        13,
+        15,
         &get_block(&authority),
     ))
     .await
     .unwrap();
     let answer = frame_of(&mut c, HEADERS).await.expect("an answer");
-    assert_eq!((answer.2, answer.3[0]), (13, 0x88), "stream 13: 200");
+    assert_eq!((answer.2, answer.3[0]), (15, 0x88), "stream 15: 200");
 }
 
 /// A graceful GOAWAY comes in two (RFC 9113 §6.8): the first still takes
@@ -1452,4 +1471,93 @@ async fn a_draining_h2_connection_serves_streams_that_crossed_its_goaway() {
     assert_eq!((last, code(&goaway)), (3, 0));
     // Nothing open: the connection ends.
     assert!(frame_of(&mut c, GOAWAY).await.is_none());
+}
+
+/// A client that announces a window of 0 and never opens it: the stream
+/// waiting for it is reset (CANCEL) after the idle timeout, freeing the
+/// task's connection; one that stops reading altogether has its
+/// connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_clients_that_stop_taking_answers_are_cut_after_the_idle_timeout() {
+    let settings = Settings {
+        idle_timeout: Duration::from_millis(300),
+        ..Settings::default()
+    };
+    let (f, authority) = h2c_front(settings).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0.
+    let zero = h2_frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]);
+    let mut big = vec![0x82, 0x86];
+    big.extend(literal(":path", "/big?n=100000"));
+    big.extend(literal(":authority", &authority));
+    let first = [zero, h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &big)].concat();
+    let mut c = raw_h2c(f.plain, &first).await;
+    let answer = frame_of(&mut c, HEADERS).await.expect("the answer's head");
+    assert_eq!((answer.2, answer.3[0]), (1, 0x88));
+    let asked = std::time::Instant::now();
+    let rst = frame_of(&mut c, RST_STREAM).await.expect("RST_STREAM");
+    assert_eq!((rst.2, code(&rst)), (1, 8), "CANCEL");
+    assert!(asked.elapsed() >= Duration::from_millis(250));
+
+    // 64 MB asked for, with every window open, and nothing read.
+    let open = [
+        h2_frame(4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]),
+        h2_frame(8, 0, 0, &0x7fff_0000u32.to_be_bytes()),
+    ]
+    .concat();
+    let mut huge = vec![0x82, 0x86];
+    huge.extend(literal(":path", "/big?n=64000000"));
+    huge.extend(literal(":authority", &authority));
+    let first = [open, h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &huge)].concat();
+    let mut c = raw_h2c(f.plain, &first).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // What the kernel buffered arrives, then the end: far from 64 MB.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let read_all = async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("the proxy closed the connection");
+    assert!(got < 32_000_000, "{got} bytes: the proxy kept sending");
+}
+
+/// SETTINGS_HEADER_TABLE_SIZE from the client is acknowledged in the next
+/// header block (RFC 7541 §4.2), which nghttp2 requires; and a request
+/// whose headers are over the limit gets 431 even when it has a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_table_size_changes_are_said_and_oversized_requests_with_bodies_get_431() {
+    let settings = Settings {
+        max_header_bytes: 1024,
+        ..Settings::default()
+    };
+    let (f, authority) = h2c_front(settings).await;
+    let first = [
+        h2_frame(4, 0, 0, &[0, 1, 0, 0, 0, 0]),
+        h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block(&authority)),
+    ]
+    .concat();
+    let mut c = raw_h2c(f.plain, &first).await;
+    let answer = frame_of(&mut c, HEADERS).await.expect("an answer");
+    assert_eq!(&answer.3[..2], &[0x20, 0x88], "size update to 0, then 200");
+    let answer = {
+        let mut post = vec![0x83, 0x86, 0x84];
+        post.extend(literal(":authority", &authority));
+        for i in 0..15 {
+            post.extend(literal(&format!("x-pad-{i:02}"), &"p".repeat(100)));
+        }
+        let frames = [
+            h2_frame(HEADERS, END_HEADERS, 3, &post),
+            h2_frame(0, END_STREAM, 3, b"abc"),
+        ];
+        c.write_all(&frames.concat()).await.unwrap();
+        frame_of(&mut c, HEADERS).await.expect("an answer")
+    };
+    // `:status` 431, a literal: name index 8, three digits.
+    assert_eq!((answer.2, &answer.3[..5]), (3, &b"\x08\x03431"[..]));
 }

@@ -31,10 +31,12 @@ pub(crate) enum Reason {
     StreamClosed = 0x5,
     FrameSize = 0x6,
     RefusedStream = 0x7,
+    Cancel = 0x8,
     Compression = 0x9,
     EnhanceYourCalm = 0xb,
 }
 
+pub(crate) const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
 pub(crate) const SETTINGS_ENABLE_PUSH: u16 = 0x2;
 pub(crate) const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub(crate) const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;

@@ -148,12 +148,30 @@ pub(crate) async fn serve<I>(
                     }
                 }
             },
-            () = &mut idle_check, if !conn.going_away() => match conn.idle_since() {
-                Some(since) if since + idle <= Instant::now() => conn.go_away(),
-                Some(since) => idle_check.as_mut().reset(since + idle),
-                // A stream is open: look again once it could have ended
-                // an idle timeout ago.
-                None => idle_check.as_mut().reset(Instant::now() + idle),
+            () = &mut idle_check => {
+                let now = Instant::now();
+                if conn.write_stalled.is_some_and(|since| since + idle <= now) {
+                    tracing::debug!(peer = %conn.client.peer, "HTTP/2 client stopped reading; connection closed");
+                    return;
+                }
+                conn.cancel_stalled_streams(now - idle);
+                if !conn.going_away() && conn.idle_since().is_some_and(|since| since + idle <= now) {
+                    conn.go_away();
+                }
+                // Look again once the first of these could be due: the
+                // idle timeout (or a stream's end an idle timeout ago, if
+                // one is open), or a stall's end.
+                let next = [
+                    conn.idle_since().filter(|_| !conn.going_away()),
+                    conn.write_stalled,
+                    conn.first_stalled_stream(),
+                ]
+                .into_iter()
+                .flatten()
+                .map(|since| since + idle)
+                .min()
+                .unwrap_or(now + idle);
+                idle_check.as_mut().reset(next.max(now + std::time::Duration::from_millis(10)));
             }
         }
     }
@@ -198,6 +216,8 @@ struct Stream {
     /// done with them.
     pending: Option<Bytes>,
     pending_end: bool,
+    /// Since when `pending` has waited for the client's window.
+    blocked_since: Option<Instant>,
     /// The request body's inbox, if it has a body.
     inbox: Option<Arc<Mutex<Inbox>>>,
     /// The client may still send on the stream (no END_STREAM yet).
@@ -347,10 +367,37 @@ struct Conn<I> {
     last_end: Instant,
     /// Where request heads are built.
     request: request::Scratch,
+    /// The client changed SETTINGS_HEADER_TABLE_SIZE: the next header
+    /// block says the table size (0).
+    table_update: bool,
+    /// The last stream id a final GOAWAY named: a later one (a connection
+    /// error) may not name a higher one.
+    goaway_last: Option<u32>,
+    /// Since when output has waited for the client to read, without any
+    /// of it taken: after the idle timeout, the connection is closed.
+    write_stalled: Option<Instant>,
     /// Streams the client reset in the second that began at `resets_since`.
     resets: u32,
     resets_since: Instant,
     scratch: Vec<u8>,
+}
+
+/// Readers of request bodies still open learn that the connection ended.
+impl<I> Drop for Conn<I> {
+    fn drop(&mut self) {
+        for s in self.streams.values() {
+            if let Some(inbox) = &s.inbox {
+                let mut b = crate::sync::lock(inbox);
+                if !b.end {
+                    b.failed = Some("the client's connection ended");
+                }
+                b.stream = None;
+                if let Some(w) = b.reader.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
@@ -402,6 +449,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             shutting: false,
             last_end: Instant::now(),
             request: request::Scratch::default(),
+            table_update: false,
+            goaway_last: None,
+            write_stalled: None,
             resets: 0,
             resets_since: Instant::now(),
             scratch: Vec::new(),
@@ -440,6 +490,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         self.announced = None;
         self.goaway = true;
+        self.goaway_last = Some(self.last_id);
         frame::put_goaway(&mut self.wbuf, self.last_id, Reason::NoError);
     }
 
@@ -448,7 +499,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         tracing::debug!(peer = %self.client.peer, ?reason, why, "HTTP/2 connection error");
         self.announced = None;
         self.goaway = true;
-        frame::put_goaway(&mut self.wbuf, self.last_id, reason);
+        let last = *self.goaway_last.get_or_insert(self.last_id);
+        frame::put_goaway(&mut self.wbuf, last, reason);
         self.closing = true;
     }
 
@@ -523,6 +575,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
+            self.write_stalled = None;
+        } else if wrote || self.write_stalled.is_none() {
+            self.write_stalled = Some(Instant::now());
         }
         if self.flush {
             match Pin::new(&mut self.io).poll_flush(cx) {
@@ -661,7 +716,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 if h.stream == 0 {
                     return Err((Reason::Protocol, "PRIORITY on stream 0"));
                 }
-                if p.len() != 5 {
+                if p.len() != 5 && self.streams.contains_key(&h.stream) {
                     self.reset(h.stream, Reason::FrameSize);
                 }
                 Ok(())
@@ -747,9 +802,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             self.conn_unreleased += len;
             return Ok(());
         };
-        let (true, Some(inbox)) = (s.receiving, s.inbox.clone()) else {
+        if !s.receiving {
             self.conn_unreleased += len;
             self.reset(h.stream, Reason::StreamClosed);
+            return Ok(());
+        }
+        let Some(inbox) = s.inbox.clone() else {
+            // A body nobody reads (a request answered without it): its
+            // window comes back at once.
+            self.conn_unreleased += len;
+            if end {
+                s.receiving = false;
+            }
             return Ok(());
         };
         s.recv_window -= len;
@@ -846,7 +910,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 self.reset(id, Reason::StreamClosed);
                 return Ok(());
             };
-            if !end_stream || t.bad {
+            let short = self
+                .streams
+                .get(&id)
+                .is_some_and(|s| s.expect.is_some_and(|n| n != s.received));
+            if !end_stream || t.bad || short {
                 self.reset(id, Reason::Protocol);
                 return Ok(());
             }
@@ -886,7 +954,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                         "dockhand: request headers exceed {limit} bytes or {max_headers} fields\n"
                     ),
                 );
-                self.open(id, None, None).answer = Some(Box::pin(std::future::ready(Ok(r))));
+                let stream = self.open(id, None, None);
+                stream.answer = Some(Box::pin(std::future::ready(Ok(r))));
+                // Its body, if any, is thrown away as it comes.
+                stream.receiving = !end_stream;
                 crate::sync::lock(&self.ready).ids.push(id);
                 return Ok(());
             }
@@ -984,6 +1055,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             body: None,
             pending: None,
             pending_end: false,
+            blocked_since: None,
             receiving: inbox.is_some(),
             inbox,
             recv_window: STREAM_WINDOW,
@@ -1007,6 +1079,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         if !p.len().is_multiple_of(6) {
             return Err((Reason::FrameSize, "SETTINGS of the wrong size"));
         }
+        // The last INITIAL_WINDOW_SIZE of the frame is the one that counts:
+        // applied once, not once per repetition.
+        let mut initial = None;
         for s in p.chunks_exact(6) {
             let id = u16::from_be_bytes([s[0], s[1]]);
             let value = u32::from_be_bytes([s[2], s[3], s[4], s[5]]);
@@ -1015,24 +1090,19 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     return Err((Reason::Protocol, "SETTINGS_ENABLE_PUSH above 1"));
                 }
                 frame::SETTINGS_INITIAL_WINDOW_SIZE => {
-                    let value = i64::from(value);
-                    if value > frame::MAX_WINDOW {
+                    if i64::from(value) > frame::MAX_WINDOW {
                         return Err((
                             Reason::FlowControl,
                             "SETTINGS_INITIAL_WINDOW_SIZE too large",
                         ));
                     }
-                    let delta = value - self.peer_initial;
-                    self.peer_initial = value;
-                    for s in self.streams.values_mut() {
-                        s.send_window += delta;
-                        if s.send_window > frame::MAX_WINDOW {
-                            return Err((Reason::FlowControl, "a stream's window overflowed"));
-                        }
-                    }
-                    if delta > 0 {
-                        self.unblock_all();
-                    }
+                    initial = Some(i64::from(value));
+                }
+                frame::SETTINGS_HEADER_TABLE_SIZE => {
+                    // The proxy's encoder never indexes, but its table's
+                    // size must follow the client's limit, and the change be
+                    // said (RFC 7541 §4.2): the next block sets it to 0.
+                    self.table_update = true;
                 }
                 frame::SETTINGS_MAX_FRAME_SIZE => {
                     if !(frame::DEFAULT_FRAME as u32..=16_777_215).contains(&value) {
@@ -1040,10 +1110,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     }
                     self.peer_frame = value as usize;
                 }
-                // The table size does not matter to an encoder that never
-                // indexes; MAX_CONCURRENT_STREAMS is about pushes, which
-                // the proxy does not make; unknown settings are ignored.
+                // MAX_CONCURRENT_STREAMS is about pushes, which the proxy
+                // does not make; unknown settings are ignored.
                 _ => {}
+            }
+        }
+        if let Some(value) = initial {
+            let delta = value - self.peer_initial;
+            self.peer_initial = value;
+            for s in self.streams.values_mut() {
+                s.send_window += delta;
+                if s.send_window > frame::MAX_WINDOW {
+                    return Err((Reason::FlowControl, "a stream's window overflowed"));
+                }
+            }
+            if delta > 0 {
+                self.unblock_all();
             }
         }
         frame::put_head(&mut self.wbuf, 0, frame::SETTINGS, frame::ACK, 0);
@@ -1059,11 +1141,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             if inc == 0 {
                 return Err((Reason::Protocol, "WINDOW_UPDATE of 0"));
             }
+            let was = self.send_window;
             self.send_window += inc;
             if self.send_window > frame::MAX_WINDOW {
                 return Err((Reason::FlowControl, "the connection's window overflowed"));
             }
-            self.unblock_all();
+            if was <= 0 {
+                self.unblock_all();
+            }
             return Ok(());
         }
         let Some(s) = self.streams.get_mut(&h.stream) else {
@@ -1081,7 +1166,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             self.reset(h.stream, Reason::FlowControl);
             return Ok(());
         }
-        if s.pending.is_some() {
+        if s.pending.is_some() && s.send_window > 0 && s.send_window <= inc {
+            // Its window opened: it can send again.
             crate::sync::lock(&self.ready).ids.push(h.stream);
         }
         Ok(())
@@ -1089,6 +1175,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
     /// Counts a stream the client reset; too many in a second end the
     /// connection (ENHANCE_YOUR_CALM).
+    /// Also counted: streams the proxy resets because the client broke a
+    /// rule ([`Conn::reset`]), which free a place as fast ("MadeYouReset",
+    /// CVE-2025-8671).
     fn client_reset(&mut self) -> Result<(), ConnError> {
         let now = Instant::now();
         if now.duration_since(self.resets_since) >= std::time::Duration::from_secs(1) {
@@ -1106,19 +1195,29 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         Ok(())
     }
 
-    /// Every stream with bytes waiting for window gets another look.
+    /// Every stream with bytes waiting for window, and window now, gets
+    /// another look.
     fn unblock_all(&mut self) {
+        if self.send_window <= 0 {
+            return;
+        }
         let mut r = crate::sync::lock(&self.ready);
         for (id, s) in &self.streams {
-            if s.pending.is_some() {
+            if s.pending.is_some() && s.send_window > 0 {
                 r.ids.push(*id);
             }
         }
     }
 
-    /// Resets a stream (a stream error) and forgets it.
+    /// Resets a stream (a stream error) and forgets it. An open stream's
+    /// reset counts as the client's own ([`Conn::client_reset`]).
     fn reset(&mut self, id: u32, reason: Reason) {
         frame::put_rst(&mut self.wbuf, id, reason);
+        if self.streams.contains_key(&id) {
+            if let Err(e) = self.client_reset() {
+                self.fail(e);
+            }
+        }
         self.remove(id, "the stream was reset");
     }
 
@@ -1149,6 +1248,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let mut ids = std::mem::take(&mut self.polling);
         std::mem::swap(&mut ids, &mut crate::sync::lock(&self.ready).ids);
         let any = !ids.is_empty();
+        // A stream woken twice is polled once.
+        ids.sort_unstable();
+        ids.dedup();
         for &id in &ids {
             self.poll_stream(id);
         }
@@ -1189,10 +1291,40 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.pump(id);
     }
 
+    /// Resets the streams whose answers have waited for the client's
+    /// window since before `cutoff` (CANCEL): each holds a task's
+    /// connection and an answer's bytes.
+    fn cancel_stalled_streams(&mut self, cutoff: Instant) {
+        let stalled: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.blocked_since.is_some_and(|t| t <= cutoff))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            tracing::debug!(peer = %self.client.peer, stream = id, "HTTP/2 stream stalled on its window; reset");
+            self.reset(id, Reason::Cancel);
+        }
+    }
+
+    /// Since when the longest-waiting stream has waited for window.
+    fn first_stalled_stream(&self) -> Option<Instant> {
+        self.streams.values().filter_map(|s| s.blocked_since).min()
+    }
+
+    /// Starts a header block with a dynamic table size update to 0 if the
+    /// client changed SETTINGS_HEADER_TABLE_SIZE since the last one.
+    fn table_size_update(&mut self) {
+        if std::mem::take(&mut self.table_update) {
+            hpack::put_integer(&mut self.scratch, 0x20, 5, 0);
+        }
+    }
+
     /// Sends an answer's head; keeps its body to send.
     fn send_head(&mut self, id: u32, resp: Response<ProxyBody>) {
         let (parts, body) = resp.into_parts();
         self.scratch.clear();
+        self.table_size_update();
         hpack::put_status(&mut self.scratch, parts.status.as_u16());
         for (name, value) in &parts.headers {
             if request::connection_specific(name.as_str().as_bytes()) {
@@ -1241,8 +1373,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     .min(self.peer_frame as i64)
                     .max(0) as usize;
                 if n == 0 && !p.is_empty() {
-                    return; // Waiting for a WINDOW_UPDATE.
+                    // Waiting for a WINDOW_UPDATE.
+                    s.blocked_since.get_or_insert_with(Instant::now);
+                    return;
                 }
+                s.blocked_since = None;
                 let last = n == p.len();
                 let end = last && s.pending_end;
                 frame::put_head(
@@ -1299,6 +1434,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                         s.body = None;
                         if let Ok(trailers) = f.into_trailers() {
                             self.scratch.clear();
+                            self.table_size_update();
                             for (name, value) in &trailers {
                                 if !request::connection_specific(name.as_str().as_bytes()) {
                                     hpack::put_field(
