@@ -89,12 +89,7 @@ async fn run<S: Client>(
     load: &mut LoadGuard,
     fresh: bool,
 ) -> Option<S> {
-    let limits = Limits {
-        max_header_bytes: inner.settings.max_header_bytes,
-        max_headers: inner.settings.max_headers,
-        health_path: &inner.settings.health_path,
-        https_port: inner.settings.https_port,
-    };
+    let limits = Limits::of(&inner.settings);
     // Prior-knowledge HTTP/2 is looked for before the first request only.
     let mut h2c = fresh && inner.settings.h2c && !client.tls;
     let idle = inner.settings.idle_timeout;

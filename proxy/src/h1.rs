@@ -103,6 +103,17 @@ pub(crate) struct Limits<'a> {
     pub https_port: u16,
 }
 
+impl<'a> Limits<'a> {
+    pub(crate) fn of(s: &'a crate::Settings) -> Limits<'a> {
+        Limits {
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            health_path: &s.health_path,
+            https_port: s.https_port,
+        }
+    }
+}
+
 fn eq(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }

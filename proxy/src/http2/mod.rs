@@ -1003,13 +1003,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         if !end_stream || facts.trailers {
             return None;
         }
-        let s = &self.inner.settings;
-        let limits = crate::h1::Limits {
-            max_header_bytes: s.max_header_bytes,
-            max_headers: s.max_headers,
-            health_path: &s.health_path,
-            https_port: s.https_port,
-        };
+        let limits = crate::h1::Limits::of(&self.inner.settings);
         let table = self.inner.table();
         let head = &self.request.head;
         let mut out = Vec::with_capacity(head.len() + 160);
