@@ -247,6 +247,37 @@ struct Inbox {
     stream: Option<Waker>,
 }
 
+impl Inbox {
+    /// Drops what the reader has not taken; how many bytes that was.
+    fn discard(&mut self) -> usize {
+        self.chunks.drain(..).map(|c| c.len()).sum()
+    }
+
+    /// The body is whole (with `trailers`, if it has them).
+    fn finish(&mut self, trailers: Option<HeaderMap>) {
+        self.end = true;
+        self.trailers = trailers;
+        self.wake_reader();
+    }
+
+    /// The body will not be whole: its reader gets `why` as an error, and
+    /// nothing more goes to the connection. Returns the window the body
+    /// still held (left unread, or read and not yet given back).
+    fn fail(&mut self, why: &'static str) -> usize {
+        let held = self.discard() + std::mem::take(&mut self.consumed);
+        self.failed = Some(why);
+        self.stream = None;
+        self.wake_reader();
+        held
+    }
+
+    fn wake_reader(&mut self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+}
+
 /// A request body from an HTTP/2 stream.
 pub(crate) struct RequestBody {
     inbox: Option<Arc<Mutex<Inbox>>>,
@@ -306,8 +337,7 @@ impl Drop for RequestBody {
     fn drop(&mut self) {
         if let Some(inbox) = self.inbox.take() {
             let mut b = crate::sync::lock(&inbox);
-            let left: usize = b.chunks.drain(..).map(|c| c.len()).sum();
-            b.consumed += left;
+            b.consumed += b.discard();
             if let Some(w) = &b.stream {
                 w.wake_by_ref();
             }
@@ -355,9 +385,6 @@ struct Conn<I> {
     /// a PING at this time: streams the client sent before it saw it are
     /// still served, until the PING's answer (or [`ACK_WAIT`]).
     announced: Option<Instant>,
-    /// The last GOAWAY went out: no new stream; the connection ends when
-    /// the open ones are done.
-    goaway: bool,
     /// The client sent GOAWAY: it opens no more streams.
     peer_goaway: bool,
     /// A connection error, or the client's end: write what is left, close.
@@ -370,8 +397,9 @@ struct Conn<I> {
     /// The client changed SETTINGS_HEADER_TABLE_SIZE: the next header
     /// block says the table size (0).
     table_update: bool,
-    /// The last stream id a final GOAWAY named: a later one (a connection
-    /// error) may not name a higher one.
+    /// The last stream a final GOAWAY named: no new stream is taken, the
+    /// connection ends when the open ones are done, and a later GOAWAY (a
+    /// connection error) names no higher one.
     goaway_last: Option<u32>,
     /// Since when output has waited for the client to read, without any
     /// of it taken: after the idle timeout, the connection is closed.
@@ -385,16 +413,12 @@ struct Conn<I> {
 /// Readers of request bodies still open learn that the connection ended.
 impl<I> Drop for Conn<I> {
     fn drop(&mut self) {
-        for s in self.streams.values() {
-            if let Some(inbox) = &s.inbox {
-                let mut b = crate::sync::lock(inbox);
-                if !b.end {
-                    b.failed = Some("the client's connection ended");
-                }
+        for inbox in self.streams.values().filter_map(|s| s.inbox.as_ref()) {
+            let mut b = crate::sync::lock(inbox);
+            if b.end {
                 b.stream = None;
-                if let Some(w) = b.reader.take() {
-                    w.wake();
-                }
+            } else {
+                b.fail("the client's connection ended");
             }
         }
     }
@@ -442,7 +466,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             recv_window: CONN_WINDOW,
             conn_unreleased: 0,
             announced: None,
-            goaway: false,
             peer_goaway: false,
             closing: false,
             read_closed: false,
@@ -460,7 +483,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 
     fn going_away(&self) -> bool {
-        self.announced.is_some() || self.goaway || self.closing
+        self.announced.is_some() || self.goaway_last.is_some() || self.closing
     }
 
     /// Since when no stream has been open; `None` while one is.
@@ -474,7 +497,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     /// GOAWAY ([`Conn::final_goaway`]) can name the last stream served
     /// without refusing a request that crossed it on the way.
     fn go_away(&mut self) {
-        if self.announced.is_some() || self.goaway {
+        if self.announced.is_some() || self.goaway_last.is_some() {
             return;
         }
         self.announced = Some(Instant::now());
@@ -485,11 +508,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
     /// The GOAWAY that names the last stream served: no other is taken.
     fn final_goaway(&mut self) {
-        if self.goaway {
+        if self.goaway_last.is_some() {
             return;
         }
         self.announced = None;
-        self.goaway = true;
         self.goaway_last = Some(self.last_id);
         frame::put_goaway(&mut self.wbuf, self.last_id, Reason::NoError);
     }
@@ -498,7 +520,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     fn fail(&mut self, (reason, why): ConnError) {
         tracing::debug!(peer = %self.client.peer, ?reason, why, "HTTP/2 connection error");
         self.announced = None;
-        self.goaway = true;
         let last = *self.goaway_last.get_or_insert(self.last_id);
         frame::put_goaway(&mut self.wbuf, last, reason);
         self.closing = true;
@@ -530,8 +551,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 // The client is gone: nothing it asked for can reach it.
                 return Poll::Ready(());
             }
-            let done =
-                self.closing || ((self.goaway || self.peer_goaway) && self.streams.is_empty());
+            let done = self.closing
+                || ((self.goaway_last.is_some() || self.peer_goaway) && self.streams.is_empty());
             if done && self.unwritten() == 0 {
                 self.shutting = true;
             }
@@ -794,61 +815,57 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return Err((Reason::Protocol, "padding longer than the frame"));
         };
         let end = h.flags & frame::END_STREAM != 0;
-        let Some(s) = self.streams.get_mut(&h.stream) else {
-            if h.stream > self.last_id {
+        let kept = self.stream_data(h.stream, &p[a..b], len, end)?;
+        // The rest (padding, data for no reader) comes back at once.
+        self.conn_unreleased += len - kept;
+        Ok(())
+    }
+
+    /// Hands a DATA frame's `data` (of a frame of `len` bytes) to its
+    /// stream's request body; how many bytes that body now holds, which
+    /// come back to the client's window as the body is read.
+    fn stream_data(&mut self, id: u32, data: &[u8], len: i64, end: bool) -> Result<i64, ConnError> {
+        let Some(s) = self.streams.get_mut(&id) else {
+            if id > self.last_id {
                 return Err((Reason::Protocol, "DATA on an idle stream"));
             }
-            // A stream reset or done already: its window comes back now.
-            self.conn_unreleased += len;
-            return Ok(());
+            // A stream reset or done already.
+            return Ok(0);
         };
         if !s.receiving {
-            self.conn_unreleased += len;
-            self.reset(h.stream, Reason::StreamClosed);
-            return Ok(());
+            self.reset(id, Reason::StreamClosed);
+            return Ok(0);
         }
         let Some(inbox) = s.inbox.clone() else {
-            // A body nobody reads (a request answered without it): its
-            // window comes back at once.
-            self.conn_unreleased += len;
-            if end {
-                s.receiving = false;
-            }
-            return Ok(());
+            // A body nobody reads (a request answered without it).
+            s.receiving = !end;
+            return Ok(0);
         };
         s.recv_window -= len;
         if s.recv_window < 0 {
-            self.conn_unreleased += len;
-            self.reset(h.stream, Reason::FlowControl);
-            return Ok(());
+            self.reset(id, Reason::FlowControl);
+            return Ok(0);
         }
-        let data = &p[a..b];
         s.received += data.len() as u64;
-        // Padding is window the body never takes: given back with it.
-        let padding = len - data.len() as i64;
-        s.unreleased += padding;
-        self.conn_unreleased += padding;
+        // Padding is stream window the body never takes: given back with it.
+        s.unreleased += len - data.len() as i64;
         let over = s.expect.is_some_and(|n| s.received > n);
         let short = end && s.expect.is_some_and(|n| s.received != n);
         if over || short {
-            self.conn_unreleased += data.len() as i64;
-            self.reset(h.stream, Reason::Protocol);
-            return Ok(());
+            self.reset(id, Reason::Protocol);
+            return Ok(0);
         }
-        {
-            let mut b = crate::sync::lock(&inbox);
-            if !data.is_empty() {
-                b.chunks.push_back(Bytes::copy_from_slice(data));
-            }
-            b.end = end;
-            if let Some(w) = b.reader.take() {
-                w.wake();
-            }
+        s.receiving = !end;
+        let mut b = crate::sync::lock(&inbox);
+        if !data.is_empty() {
+            b.chunks.push_back(Bytes::copy_from_slice(data));
         }
         if end {
-            s.receiving = false;
+            b.finish(None);
+        } else {
+            b.wake_reader();
         }
-        Ok(())
+        Ok(data.len() as i64)
     }
 
     fn headers(&mut self, h: Head, p: &[u8]) -> Result<(), ConnError> {
@@ -898,31 +915,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             self.decoder
                 .decode(block, |n, v| t.field(n, v))
                 .map_err(|_| (Reason::Compression, "undecodable header block"))?;
-            let Some(inbox) = self
-                .streams
-                .get_mut(&id)
-                .filter(|s| s.receiving)
-                .and_then(|s| {
-                    s.receiving = false;
-                    s.inbox.clone()
-                })
-            else {
+            let Some(s) = self.streams.get_mut(&id).filter(|s| s.receiving) else {
                 self.reset(id, Reason::StreamClosed);
                 return Ok(());
             };
-            let short = self
-                .streams
-                .get(&id)
-                .is_some_and(|s| s.expect.is_some_and(|n| n != s.received));
-            if !end_stream || t.bad || short {
-                self.reset(id, Reason::Protocol);
-                return Ok(());
-            }
-            let mut b = crate::sync::lock(&inbox);
-            b.trailers = Some(t.map);
-            b.end = true;
-            if let Some(w) = b.reader.take() {
-                w.wake();
+            s.receiving = false;
+            let short = s.expect.is_some_and(|n| n != s.received);
+            match s.inbox.clone() {
+                Some(inbox) if end_stream && !t.bad && !short => {
+                    crate::sync::lock(&inbox).finish(Some(t.map));
+                }
+                _ => self.reset(id, Reason::Protocol),
             }
             return Ok(());
         }
@@ -932,7 +935,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             .map_err(|_| (Reason::Compression, "undecodable header block"))?;
         let facts = head.finish(end_stream);
         self.last_id = id;
-        if self.goaway || self.peer_goaway {
+        if self.goaway_last.is_some() || self.peer_goaway {
             // Not served: the GOAWAY sent says so.
             return Ok(());
         }
@@ -954,11 +957,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                         "dockhand: request headers exceed {limit} bytes or {max_headers} fields\n"
                     ),
                 );
-                let stream = self.open(id, None, None);
-                stream.answer = Some(Box::pin(std::future::ready(Ok(r))));
+                let answer = Box::pin(std::future::ready(Ok(r)));
                 // Its body, if any, is thrown away as it comes.
-                stream.receiving = !end_stream;
-                crate::sync::lock(&self.ready).ids.push(id);
+                self.open(id, answer, None, None).receiving = !end_stream;
                 return Ok(());
             }
         };
@@ -984,13 +985,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     req,
                     false,
                 ));
-                self.open(id, inbox, facts.expect).answer = Some(answer);
-                crate::sync::lock(&self.ready).ids.push(id);
+                self.open(id, answer, inbox, facts.expect);
                 return Ok(());
             }
         };
-        self.open(id, None, None).answer = Some(answer);
-        crate::sync::lock(&self.ready).ids.push(id);
+        self.open(id, answer, None, None);
         Ok(())
     }
 
@@ -1030,9 +1029,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         )))
     }
 
+    /// A new stream, waiting for `answer`, queued to be polled.
     fn open(
         &mut self,
         id: u32,
+        answer: Answer,
         inbox: Option<Arc<Mutex<Inbox>>>,
         expect: Option<u64>,
     ) -> &mut Stream {
@@ -1043,9 +1044,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         if let Some(i) = &inbox {
             crate::sync::lock(i).stream = Some(waker.clone());
         }
+        crate::sync::lock(&self.ready).ids.push(id);
         self.streams.entry(id).or_insert(Stream {
             waker,
-            answer: None,
+            answer: Some(answer),
             body: None,
             pending: None,
             pending_end: false,
@@ -1222,15 +1224,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return;
         };
         if let Some(inbox) = &s.inbox {
-            let mut b = crate::sync::lock(inbox);
-            let left: usize = b.chunks.drain(..).map(|c| c.len()).sum();
-            self.conn_unreleased += (left + b.consumed) as i64;
-            b.consumed = 0;
-            b.failed = Some(why);
-            b.stream = None;
-            if let Some(w) = b.reader.take() {
-                w.wake();
-            }
+            self.conn_unreleased += crate::sync::lock(inbox).fail(why) as i64;
         }
         if self.streams.is_empty() {
             self.last_end = Instant::now();
@@ -1306,30 +1300,32 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.streams.values().filter_map(|s| s.blocked_since).min()
     }
 
-    /// Starts a header block with a dynamic table size update to 0 if the
-    /// client changed SETTINGS_HEADER_TABLE_SIZE since the last one.
-    fn table_size_update(&mut self) {
+    /// Starts a header block in `scratch`, with a dynamic table size
+    /// update to 0 if the client changed SETTINGS_HEADER_TABLE_SIZE since
+    /// the last one.
+    fn start_block(&mut self) {
+        self.scratch.clear();
         if std::mem::take(&mut self.table_update) {
             hpack::put_integer(&mut self.scratch, 0x20, 5, 0);
+        }
+    }
+
+    /// Adds `fields` to the header block, but those HTTP/2 forbids.
+    fn put_fields(&mut self, fields: &HeaderMap) {
+        for (name, value) in fields {
+            let name = name.as_str().as_bytes();
+            if !request::connection_specific(name) {
+                hpack::put_field(&mut self.scratch, name, value.as_bytes());
+            }
         }
     }
 
     /// Sends an answer's head; keeps its body to send.
     fn send_head(&mut self, id: u32, resp: Response<ProxyBody>) {
         let (parts, body) = resp.into_parts();
-        self.scratch.clear();
-        self.table_size_update();
+        self.start_block();
         hpack::put_status(&mut self.scratch, parts.status.as_u16());
-        for (name, value) in &parts.headers {
-            if request::connection_specific(name.as_str().as_bytes()) {
-                continue;
-            }
-            hpack::put_field(
-                &mut self.scratch,
-                name.as_str().as_bytes(),
-                value.as_bytes(),
-            );
-        }
+        self.put_fields(&parts.headers);
         let end = body.is_end_stream();
         // As hyper's servers do: a `date`, and the length of a body whose
         // length is known (the proxy's own answers).
@@ -1427,17 +1423,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     Err(f) => {
                         s.body = None;
                         if let Ok(trailers) = f.into_trailers() {
-                            self.scratch.clear();
-                            self.table_size_update();
-                            for (name, value) in &trailers {
-                                if !request::connection_specific(name.as_str().as_bytes()) {
-                                    hpack::put_field(
-                                        &mut self.scratch,
-                                        name.as_str().as_bytes(),
-                                        value.as_bytes(),
-                                    );
-                                }
-                            }
+                            self.start_block();
+                            self.put_fields(&trailers);
                             frame::put_headers(
                                 &mut self.wbuf,
                                 id,
