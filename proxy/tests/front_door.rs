@@ -828,7 +828,8 @@ async fn https_routes_redirect_plain_http_and_requests_are_logged_and_counted() 
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
             .collect();
-        if lines.len() >= 4 {
+        // The log is written from its own thread: wait for every line.
+        if lines.len() >= 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
