@@ -60,7 +60,8 @@ type Protos = Arc<Mutex<Vec<String>>>;
 /// A backend: `/barrier` answers once `BARRIER` requests are in flight
 /// together (or after 10 s with 504, when they never are); `/trailers`
 /// answers a chunked body and gRPC-style trailers; `/slow` five lines
-/// 250 ms apart; `/count` the length of the request body; `/big?n=N` N
+/// 250 ms apart; `/stall` after 30 s, never reading the request body;
+/// `/count` the length of the request body; `/big?n=N` N
 /// bytes; anything else `ok`.
 async fn backend() -> (SocketAddr, Protos) {
     const BARRIER: usize = 100;
@@ -137,6 +138,11 @@ async fn backend() -> (SocketAddr, Protos) {
                                         }
                                     });
                                     channel_body(rx).boxed()
+                                }
+                                "/stall" => {
+                                    // Never reads the request body.
+                                    tokio::time::sleep(Duration::from_secs(30)).await;
+                                    Full::new(Bytes::from_static(b"late\n")).boxed()
                                 }
                                 "/count" => {
                                     // The request body's length.
@@ -1156,6 +1162,44 @@ async fn h2_bodies_larger_than_every_window_pass_both_ways() {
         tokio::spawn(conn);
         transfers_larger_than_windows(&send, &authority).await;
     }
+}
+
+/// A task that stops reading an upload holds its stream's window, not the
+/// connection's: another upload on the same connection still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_its_task_stops_reading_leaves_the_connection_to_the_others() {
+    let (f, authority) = h2c_front(Settings::default()).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", f.plain))
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // More than the socket buffers between the proxy and the task take,
+    // so the rest waits in the proxy until the stream's window is spent.
+    let post = |path: &str, n: usize| {
+        hyper::Request::builder()
+            .method("POST")
+            .uri(format!("http://{authority}{path}"))
+            .body(Full::new(Bytes::from(vec![b'u'; n])))
+            .unwrap()
+    };
+    let mut stalled = send.clone();
+    let stall = post("/stall", 32 << 20);
+    let _stalled = tokio::spawn(async move { stalled.send_request(stall).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut other = send.clone();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let r = other.send_request(post("/count", 512 << 10)).await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.into_body().collect().await.unwrap().to_bytes()
+    })
+    .await
+    .expect("the second upload is not held by the first");
+    assert_eq!(answer, (512 << 10).to_string());
 }
 
 /// Three 3 MiB uploads and three 3 MB downloads at once.

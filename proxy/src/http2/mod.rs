@@ -17,8 +17,10 @@
 //! clients' are (routing, the health path, retries, access log, metrics):
 //! one with a body or `TE: trailers` through hyper's client. The request body
 //! arrives through an inbox ([`RequestBody`]) whose consumption opens the
-//! client's window again, so a slow task slows its client instead of
-//! filling the proxy's memory.
+//! stream's window again, so a slow task slows its client instead of
+//! filling the proxy's memory; the connection's window is given back on
+//! arrival up to a bound ([`BUFFERED_FREE`]), so it does not stop the
+//! connection's other uploads too.
 //!
 //! The connection ends with GOAWAY when the host starts draining or shuts
 //! down (in-flight streams finish first, within the grace period on
@@ -47,9 +49,16 @@ use tokio::time::Instant;
 
 /// What the proxy lets a client send on one stream before the stream's
 /// body has been taken (its SETTINGS_INITIAL_WINDOW_SIZE), and on the
-/// whole connection: what one connection can make the proxy buffer.
+/// whole connection at once.
 const STREAM_WINDOW: i64 = 1 << 20;
 const CONN_WINDOW: i64 = 1 << 20;
+/// Request body bytes waiting in streams' inboxes whose connection window
+/// goes back to the client as soon as they arrive; beyond it, window comes
+/// back only as tasks take bodies. So a task that stops reading holds its
+/// stream's window, not the connection's: it takes three such streams to
+/// stop the uploads of the others. One connection can make the proxy
+/// buffer this plus [`CONN_WINDOW`].
+const BUFFERED_FREE: i64 = 2 * STREAM_WINDOW;
 /// The read buffer: the largest frame the proxy takes (the default
 /// SETTINGS_MAX_FRAME_SIZE), its head, and room to read ahead.
 const READ_BUF: usize = 2 * (frame::DEFAULT_FRAME + frame::HEAD);
@@ -381,6 +390,8 @@ struct Conn<I> {
     peer_frame: usize,
     recv_window: i64,
     conn_unreleased: i64,
+    /// Request body bytes in the streams' inboxes, not yet taken.
+    buffered: i64,
     /// The first GOAWAY of a graceful end (every stream id) went out with
     /// a PING at this time: streams the client sent before it saw it are
     /// still served, until the PING's answer (or [`ACK_WAIT`]).
@@ -465,6 +476,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             peer_frame: frame::DEFAULT_FRAME,
             recv_window: CONN_WINDOW,
             conn_unreleased: 0,
+            buffered: 0,
             announced: None,
             peer_goaway: false,
             closing: false,
@@ -818,7 +830,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let kept = self.stream_data(h.stream, &p[a..b], len, end)?;
         // The rest (padding, data for no reader) comes back at once.
         self.conn_unreleased += len - kept;
+        self.buffer(kept, 0);
         Ok(())
+    }
+
+    /// Counts `kept` body bytes into the inboxes and `taken` out (read,
+    /// or dropped with their stream), and gives back the connection window
+    /// of all but the bytes beyond [`BUFFERED_FREE`].
+    fn buffer(&mut self, kept: i64, taken: i64) {
+        let held = |buffered: i64| (buffered - BUFFERED_FREE).max(0);
+        let before = held(self.buffered);
+        self.buffered += kept - taken;
+        self.conn_unreleased += kept + before - held(self.buffered);
     }
 
     /// Hands a DATA frame's `data` (of a frame of `len` bytes) to its
@@ -1224,7 +1247,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return;
         };
         if let Some(inbox) = &s.inbox {
-            self.conn_unreleased += crate::sync::lock(inbox).fail(why) as i64;
+            let taken = crate::sync::lock(inbox).fail(why) as i64;
+            self.buffer(0, taken);
         }
         if self.streams.is_empty() {
             self.last_end = Instant::now();
@@ -1256,9 +1280,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if let Some(inbox) = &s.inbox {
-            let consumed = std::mem::take(&mut crate::sync::lock(inbox).consumed) as i64;
-            self.conn_unreleased += consumed;
+        let inbox = s.inbox.as_ref();
+        let consumed = inbox.map_or(0, |i| std::mem::take(&mut crate::sync::lock(i).consumed));
+        self.buffer(0, consumed as i64);
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.inbox.is_some() {
+            let consumed = consumed as i64;
             if s.receiving {
                 s.unreleased += consumed;
             }
