@@ -1471,6 +1471,80 @@ async fn a_malformed_h2_request_resets_its_stream_and_the_connection_serves_on()
     assert_eq!((answer.2, answer.3[0]), (15, 0x88), "stream 15: 200");
 }
 
+/// A connection the proxy closes while its last answer is still on the
+/// way to a slow client, which goes on sending WINDOW_UPDATE as it reads:
+/// the proxy reads them until the client closes, since closing with
+/// unread bytes would reset the connection and drop the answer's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_h2_connection_closes_without_cutting_its_last_answer() {
+    const SIZE: usize = 3_000_000;
+    let (f, authority) = h2c_front(Settings::default()).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A client that reads a little at a time.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket
+        .connect(([127, 0, 0, 1], f.plain).into())
+        .await
+        .unwrap();
+    let mut block = vec![0x82, 0x86];
+    block.extend(literal(":path", &format!("/big?n={SIZE}")));
+    block.extend(literal(":authority", &authority));
+    let first = [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+        h2_frame(4, 0, 0, &[]),
+        h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &block),
+    ]
+    .concat();
+    c.write_all(&first).await.unwrap();
+    let mut data = 0;
+    let mut ended = false;
+    let mut drained = false;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = match c.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) => return Err(e),
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut taken = 0;
+            while buf.len() >= 9 {
+                let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                if buf[3] == 0 {
+                    data += len;
+                    ended |= buf[4] & END_STREAM != 0;
+                    taken += len;
+                }
+                buf.drain(..9 + len);
+            }
+            if data > 0 && !drained {
+                // The answer has started: the host starts draining.
+                f.proxy.set_draining(true);
+                drained = true;
+            }
+            if taken > 0 {
+                // As a client does: the windows back, as it reads.
+                let inc = (taken as u32).to_be_bytes();
+                let updates = [h2_frame(8, 0, 0, &inc), h2_frame(8, 0, 1, &inc)].concat();
+                c.write_all(&updates).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let r = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the connection ends");
+    assert!(
+        r.is_ok() && ended && data == SIZE,
+        "the whole answer, then the end: {r:?}, {data} bytes, END_STREAM {ended}"
+    );
+}
+
 /// A graceful GOAWAY comes in two (RFC 9113 §6.8): the first still takes
 /// every stream and goes with a PING; a stream the client opens before it
 /// answers that PING (it may have crossed the GOAWAY on the way) is

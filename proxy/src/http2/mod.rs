@@ -65,6 +65,9 @@ const READ_BUF: usize = 2 * (frame::DEFAULT_FRAME + frame::HEAD);
 /// Above this much unwritten output, bodies are not polled and frames not
 /// read until the client has taken some.
 const WRITE_HIGH: usize = 256 * 1024;
+/// How long a closed connection waits for the client to close its side
+/// (see the end of [`serve`]).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Turns of the connection's loop per poll before it lets other tasks run.
 const ROUNDS: usize = 32;
 /// HPACK's table size, as every peer starts with it.
@@ -138,7 +141,7 @@ pub(crate) async fn serve<I>(
     loop {
         let ack_by = conn.announced.map(|at| at + ACK_WAIT);
         tokio::select! {
-            () = std::future::poll_fn(|cx| conn.poll(cx)) => return,
+            () = std::future::poll_fn(|cx| conn.poll(cx)) => break,
             r = &mut signaled, if release.is_none() => {
                 release = Some(r);
                 grace_end = Some(Instant::now() + grace);
@@ -183,6 +186,16 @@ pub(crate) async fn serve<I>(
                 idle_check.as_mut().reset(next.max(now + std::time::Duration::from_millis(10)));
             }
         }
+    }
+    if conn.shutting && !conn.read_closed {
+        // Closing a socket with unread bytes resets the connection, and a
+        // reset throws away what the kernel has not sent yet: the end of
+        // the last answers, the GOAWAY. A client still sends frames
+        // (WINDOW_UPDATE as it reads them), so the proxy, having sent its
+        // FIN, reads and drops what comes until the client closes too.
+        let now = Instant::now();
+        let until = grace_end.map_or(now + LINGER, |end: Instant| end.min(now + LINGER));
+        let _ = tokio::time::timeout_at(until, conn.read_to_end()).await;
     }
 }
 
@@ -580,6 +593,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Reads and drops what the client sends until it closes.
+    async fn read_to_end(&mut self) {
+        use tokio::io::AsyncReadExt;
+        while let Ok(1..) = self.io.read(&mut self.rbuf).await {}
     }
 
     fn unwritten(&self) -> usize {
