@@ -1,7 +1,15 @@
 //! HPACK (RFC 7541): a decoder with the dynamic table and Huffman strings,
-//! for what clients send; an encoder that never indexes, for what the
-//! proxy sends (static-table names where there is one, plain literals
-//! otherwise), so the client's decoder state never depends on ours.
+//! for what clients send; an encoder with a dynamic table of its own, for
+//! the answers the proxy sends. The encoder indexes the fields that repeat
+//! from one answer to the next (`content-type`, `server`, `date`, a task's
+//! own constant headers), so a repeated field costs a byte or two; it
+//! leaves out those that change with every answer (`content-length`,
+//! `etag`, request ids), which would only push the others out, and never
+//! indexes cookies or credentials (RFC 7541 §7.1.3). It writes plain
+//! strings, no Huffman: less CPU for a few bytes of the first answer.
+//!
+//! Every block the encoder writes changes what the client's decoder holds:
+//! each must reach the client, in the order written.
 
 use std::collections::VecDeque;
 
@@ -424,48 +432,160 @@ fn put_string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// Writes `:status`: indexed where the static table has it.
-pub(crate) fn put_status(out: &mut Vec<u8>, status: u16) {
-    let index = match status {
-        200 => 8,
-        204 => 9,
-        206 => 10,
-        304 => 11,
-        400 => 12,
-        404 => 13,
-        500 => 14,
-        _ => 0,
-    };
-    if index > 0 {
-        out.push(0x80 | index);
-        return;
-    }
-    // Literal without indexing, name `:status` (index 8).
-    out.push(0x08);
-    let digits = [
-        b'0' + (status / 100 % 10) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-    ];
-    put_string(out, &digits);
+/// The encoder's table size when the client allows more: enough for a
+/// few dozen answer fields.
+const ENCODER_TABLE: usize = 4096;
+
+/// Values longer than this are sent as they are, not indexed.
+const INDEX_VALUE_MAX: usize = 256;
+
+/// Encodes the header blocks of one connection's answers, in order.
+pub(crate) struct Encoder {
+    /// Newest first: dynamic index 62 is `table[0]`, as in the client.
+    table: VecDeque<Entry>,
+    size: usize,
+    /// The table's size, as the client's decoder knows it.
+    max: usize,
+    /// The client changed SETTINGS_HEADER_TABLE_SIZE: the size to say at
+    /// the start of the next block.
+    resize: Option<usize>,
 }
 
-/// Writes a field as a literal without indexing (the name from the static
-/// table where it is there). `name` is lowercase, as `http` keeps it.
-pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    match static_name(name) {
-        Some(i) => put_integer(out, 0x00, 4, i),
-        None => {
-            out.push(0x00);
-            put_string(out, name);
+impl Default for Encoder {
+    fn default() -> Encoder {
+        Encoder {
+            table: VecDeque::new(),
+            size: 0,
+            // Both ends start from the protocol's default.
+            max: ENCODER_TABLE,
+            resize: None,
         }
     }
-    put_string(out, value);
 }
 
-/// The static-table index of the answer headers a task commonly sends.
+impl Encoder {
+    /// The client's SETTINGS_HEADER_TABLE_SIZE.
+    pub(crate) fn set_limit(&mut self, limit: u32) {
+        self.resize = Some((limit as usize).min(ENCODER_TABLE));
+    }
+
+    /// Starts a block: a size change goes first (RFC 7541 §4.2). It goes
+    /// through 0, below any size the client may have set in between.
+    pub(crate) fn start(&mut self, out: &mut Vec<u8>) {
+        if let Some(max) = self.resize.take() {
+            put_integer(out, 0x20, 5, 0);
+            self.table.clear();
+            self.size = 0;
+            self.max = max;
+            if max > 0 {
+                put_integer(out, 0x20, 5, max);
+            }
+        }
+    }
+
+    /// Writes `:status`: indexed where the static table has it.
+    pub(crate) fn status(&mut self, out: &mut Vec<u8>, status: u16) {
+        let index = match status {
+            200 => 8,
+            204 => 9,
+            206 => 10,
+            304 => 11,
+            400 => 12,
+            404 => 13,
+            500 => 14,
+            _ => 0,
+        };
+        if index > 0 {
+            out.push(0x80 | index);
+            return;
+        }
+        let digits = [
+            b'0' + (status / 100 % 10) as u8,
+            b'0' + (status / 10 % 10) as u8,
+            b'0' + (status % 10) as u8,
+        ];
+        self.field(out, b":status", &digits);
+    }
+
+    /// Writes a field: its index if the table has it; else a literal,
+    /// added to the table if the field is one that repeats. `name` is
+    /// lowercase, as `http` keeps it.
+    pub(crate) fn field(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        let mut name_at = static_name(name);
+        for (i, (n, v)) in self.table.iter().enumerate() {
+            if **n == *name {
+                if **v == *value {
+                    put_integer(out, 0x80, 7, 62 + i);
+                    return;
+                }
+                name_at = name_at.or(Some(62 + i));
+            }
+        }
+        let entry = name.len() + value.len() + ENTRY_OVERHEAD;
+        let (flags, prefix) = match kind(name) {
+            Kind::Secret => (0x10, 4),
+            Kind::Changing => (0x00, 4),
+            Kind::Repeating if value.len() > INDEX_VALUE_MAX || entry > self.max => (0x00, 4),
+            Kind::Repeating => (0x40, 6),
+        };
+        match name_at {
+            Some(i) => put_integer(out, flags, prefix, i),
+            None => {
+                out.push(flags);
+                put_string(out, name);
+            }
+        }
+        put_string(out, value);
+        if flags == 0x40 {
+            // As the client's decoder does on reading it.
+            while self.size + entry > self.max {
+                let Some((n, v)) = self.table.pop_back() else {
+                    break;
+                };
+                self.size -= n.len() + v.len() + ENTRY_OVERHEAD;
+            }
+            self.size += entry;
+            self.table.push_front((name.into(), value.into()));
+        }
+    }
+}
+
+/// How the encoder treats a field.
+enum Kind {
+    /// Likely the same in the next answer: indexed.
+    Repeating,
+    /// Different in every answer: sent as it is.
+    Changing,
+    /// Never indexed, here or by any intermediary (RFC 7541 §7.1.3).
+    Secret,
+}
+
+fn kind(name: &[u8]) -> Kind {
+    match name {
+        b"set-cookie" | b"cookie" | b"authorization" | b"proxy-authorization" => Kind::Secret,
+        b"content-length"
+        | b"content-range"
+        | b"etag"
+        | b"last-modified"
+        | b"expires"
+        | b"age"
+        | b"location"
+        | b"content-disposition"
+        | b"x-request-id"
+        | b"request-id"
+        | b"x-amzn-trace-id"
+        | b"traceparent"
+        | b"tracestate"
+        | b"grpc-message" => Kind::Changing,
+        _ => Kind::Repeating,
+    }
+}
+
+/// The static-table index of `:status` and the answer headers a task
+/// commonly sends.
 fn static_name(name: &[u8]) -> Option<usize> {
     Some(match name {
+        b":status" => 8,
         b"content-type" => 31,
         b"content-length" => 28,
         b"date" => 33,
@@ -623,19 +743,96 @@ mod tests {
         }
     }
 
-    #[test]
-    fn what_the_encoder_writes_the_decoder_reads() {
+    type Fields = Vec<(String, String)>;
+
+    /// One block from the encoder: `fields`, after `:status`.
+    fn block(e: &mut Encoder, status: u16, fields: &[(&str, &str)]) -> Vec<u8> {
         let mut out = Vec::new();
-        put_status(&mut out, 200);
-        put_status(&mut out, 503);
-        put_field(&mut out, b"content-type", b"text/plain");
-        put_field(&mut out, b"x-long", &[b'a'; 300]);
+        e.start(&mut out);
+        e.status(&mut out, status);
+        for (n, v) in fields {
+            e.field(&mut out, n.as_bytes(), v.as_bytes());
+        }
+        out
+    }
+
+    fn owned(status: u16, fields: &[(&str, &str)]) -> Fields {
+        let mut all = vec![(":status".to_string(), status.to_string())];
+        all.extend(fields.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        all
+    }
+
+    #[test]
+    fn the_encoder_indexes_what_repeats_and_the_decoder_follows() {
+        let mut e = Encoder::default();
         let mut d = Decoder::new(4096);
-        let got = decode_all(&mut d, &out).unwrap();
-        assert_eq!(got[0], (":status".into(), "200".into()));
-        assert_eq!(got[1], (":status".into(), "503".into()));
-        assert_eq!(got[2], ("content-type".into(), "text/plain".into()));
-        assert_eq!(got[3].1.len(), 300);
-        assert_eq!(d.table.len(), 0, "nothing the proxy sends is indexed");
+        let answer = |n: usize| {
+            let len = n.to_string();
+            let id = format!("req-{n}");
+            let fields = [
+                ("content-type", "text/plain"),
+                ("server", "webapp"),
+                ("x-app", "a fairly long constant header value"),
+                ("content-length", len.as_str()),
+                ("x-request-id", id.as_str()),
+                ("set-cookie", "session=secret"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()));
+            fields
+        };
+        let mut sizes = Vec::new();
+        for n in 0..5 {
+            let fields = answer(n);
+            let refs: Vec<(&str, &str)> = fields
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let status = if n % 2 == 0 { 200 } else { 201 };
+            let out = block(&mut e, status, &refs);
+            sizes.push(out.len());
+            assert_eq!(decode_all(&mut d, &out).unwrap(), owned(status, &refs));
+        }
+        // From the third on (201 is indexed with the second), the repeated
+        // fields cost a byte each; the others are sent whole every time.
+        assert!(sizes[4] == sizes[2] && sizes[4] * 2 < sizes[0], "{sizes:?}");
+        // Indexed: 201, content-type, server, x-app; not the changing ones
+        // nor the cookie.
+        let names: Vec<&[u8]> = d.table.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(!names.contains(&b"set-cookie".as_slice()));
+        assert_eq!(e.size, d.size, "both tables hold the same");
+    }
+
+    #[test]
+    fn the_encoder_evicts_and_resizes_as_the_client_does() {
+        let mut e = Encoder::default();
+        let mut d = Decoder::new(4096);
+        let values: Vec<String> = (0..200).map(|i| format!("value number {i}")).collect();
+        // Many distinct fields: the table fills and evicts.
+        for chunk in values.chunks(10) {
+            let fields: Vec<(&str, &str)> = chunk.iter().map(|v| ("x-v", v.as_str())).collect();
+            let out = block(&mut e, 200, &fields);
+            assert_eq!(decode_all(&mut d, &out).unwrap(), owned(200, &fields));
+            assert!(e.size <= 4096);
+            assert_eq!(e.size, d.size);
+        }
+        // The client shrinks the table, then allows more than the encoder
+        // uses; then forbids indexing.
+        for (limit, used) in [(100, 100), (65_536, 4096), (0, 0)] {
+            e.set_limit(limit);
+            let fields = [("x-v", "after the change"), ("server", "webapp")];
+            let out = block(&mut e, 200, &fields);
+            assert_eq!(out[0], 0x20, "the block starts with the size change");
+            assert_eq!(decode_all(&mut d, &out).unwrap(), owned(200, &fields));
+            assert_eq!((e.max, d.max), (used, used));
+            assert_eq!(e.size, d.size);
+        }
+        // A value over the table's size is never indexed.
+        e.set_limit(4096);
+        let long = "a".repeat(300);
+        let fields = [("x-long", long.as_str())];
+        let out = block(&mut e, 200, &fields);
+        assert_eq!(decode_all(&mut d, &out).unwrap(), owned(200, &fields));
+        assert_eq!(d.table.len(), 0);
     }
 }

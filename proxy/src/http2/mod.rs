@@ -418,9 +418,8 @@ struct Conn<I> {
     last_end: Instant,
     /// Where request heads are built.
     request: request::Scratch,
-    /// The client changed SETTINGS_HEADER_TABLE_SIZE: the next header
-    /// block says the table size (0).
-    table_update: bool,
+    /// Answers' header blocks are encoded here, in the order sent.
+    encoder: hpack::Encoder,
     /// The last stream a final GOAWAY named: no new stream is taken, the
     /// connection ends when the open ones are done, and a later GOAWAY (a
     /// connection error) names no higher one.
@@ -497,7 +496,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             shutting: false,
             last_end: Instant::now(),
             request: request::Scratch::default(),
-            table_update: false,
+            encoder: hpack::Encoder::default(),
             goaway_last: None,
             write_stalled: None,
             resets: 0,
@@ -1136,12 +1135,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                     }
                     initial = Some(i64::from(value));
                 }
-                frame::SETTINGS_HEADER_TABLE_SIZE => {
-                    // The proxy's encoder never indexes, but its table's
-                    // size must follow the client's limit, and the change be
-                    // said (RFC 7541 §4.2): the next block sets it to 0.
-                    self.table_update = true;
-                }
+                frame::SETTINGS_HEADER_TABLE_SIZE => self.encoder.set_limit(value),
                 frame::SETTINGS_MAX_FRAME_SIZE => {
                     if !(frame::DEFAULT_FRAME as u32..=16_777_215).contains(&value) {
                         return Err((Reason::Protocol, "SETTINGS_MAX_FRAME_SIZE out of range"));
@@ -1348,14 +1342,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.streams.values().filter_map(|s| s.blocked_since).min()
     }
 
-    /// Starts a header block in `scratch`, with a dynamic table size
-    /// update to 0 if the client changed SETTINGS_HEADER_TABLE_SIZE since
-    /// the last one.
+    /// Starts a header block in `scratch`. Every block started is sent:
+    /// it changes the client's HPACK table.
     fn start_block(&mut self) {
         self.scratch.clear();
-        if std::mem::take(&mut self.table_update) {
-            hpack::put_integer(&mut self.scratch, 0x20, 5, 0);
-        }
+        self.encoder.start(&mut self.scratch);
     }
 
     /// Adds `fields` to the header block, but those HTTP/2 forbids.
@@ -1363,7 +1354,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         for (name, value) in fields {
             let name = name.as_str().as_bytes();
             if !request::connection_specific(name) {
-                hpack::put_field(&mut self.scratch, name, value.as_bytes());
+                self.encoder
+                    .field(&mut self.scratch, name, value.as_bytes());
             }
         }
     }
@@ -1372,17 +1364,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     fn send_head(&mut self, id: u32, resp: Response<ProxyBody>) {
         let (parts, body) = resp.into_parts();
         self.start_block();
-        hpack::put_status(&mut self.scratch, parts.status.as_u16());
+        self.encoder
+            .status(&mut self.scratch, parts.status.as_u16());
         self.put_fields(&parts.headers);
         let end = body.is_end_stream();
         // As hyper's servers do: a `date`, and the length of a body whose
         // length is known (the proxy's own answers).
         if !parts.headers.contains_key(hyper::header::DATE) {
-            hpack::put_field(&mut self.scratch, b"date", &date());
+            self.encoder.field(&mut self.scratch, b"date", &date());
         }
         if !end && !parts.headers.contains_key(hyper::header::CONTENT_LENGTH) {
             if let Some(n) = body.size_hint().exact() {
-                hpack::put_field(
+                self.encoder.field(
                     &mut self.scratch,
                     b"content-length",
                     n.to_string().as_bytes(),
