@@ -464,9 +464,13 @@ impl Default for Encoder {
 }
 
 impl Encoder {
-    /// The client's SETTINGS_HEADER_TABLE_SIZE.
+    /// The client's SETTINGS_HEADER_TABLE_SIZE. A client that repeats the
+    /// size in use (as most say 4096 at the start) changes nothing.
     pub(crate) fn set_limit(&mut self, limit: u32) {
-        self.resize = Some((limit as usize).min(ENCODER_TABLE));
+        let max = (limit as usize).min(ENCODER_TABLE);
+        if self.resize.is_some() || max != self.max {
+            self.resize = Some(max);
+        }
     }
 
     /// Starts a block: a size change goes first (RFC 7541 §4.2). It goes
@@ -816,6 +820,10 @@ mod tests {
             assert!(e.size <= 4096);
             assert_eq!(e.size, d.size);
         }
+        // The size in use again: nothing to say.
+        e.set_limit(4096);
+        let out = block(&mut e, 200, &[]);
+        assert_eq!(out, [0x88]);
         // The client shrinks the table, then allows more than the encoder
         // uses; then forbids indexing.
         for (limit, used) in [(100, 100), (65_536, 4096), (0, 0)] {
