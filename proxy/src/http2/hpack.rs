@@ -113,16 +113,71 @@ pub(crate) const STATIC: [(&str, &str); 61] = [
 /// Each entry's size counts its strings and 32 more (RFC 7541 §4.1).
 const ENTRY_OVERHEAD: usize = 32;
 
+/// HPACK's dynamic table size, as every peer starts with it.
+pub(crate) const DEFAULT_TABLE: usize = 4096;
+
 /// A dynamic table entry: name and value.
 type Entry = (Box<[u8]>, Box<[u8]>);
 
+/// A dynamic table (RFC 7541 §4), kept the same way by the client's
+/// encoder and the proxy's decoder, and by the proxy's encoder and the
+/// client's decoder.
+struct Table {
+    /// Newest first: dynamic index 62 is `entries[0]`.
+    entries: VecDeque<Entry>,
+    size: usize,
+    /// The size last said in a size update.
+    max: usize,
+}
+
+impl Table {
+    fn new(max: usize) -> Table {
+        Table {
+            entries: VecDeque::new(),
+            size: 0,
+            max,
+        }
+    }
+
+    /// Dynamic index `i` (62 and up).
+    fn get(&self, i: usize) -> Option<&Entry> {
+        self.entries.get(i.wrapping_sub(62))
+    }
+
+    /// A dynamic table size update.
+    fn resize(&mut self, max: usize) {
+        self.max = max;
+        self.evict(0);
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let size = entry.0.len() + entry.1.len() + ENTRY_OVERHEAD;
+        if size > self.max {
+            // Larger than the whole table: it empties the table.
+            self.entries.clear();
+            self.size = 0;
+            return;
+        }
+        self.evict(size);
+        self.size += size;
+        self.entries.push_front(entry);
+    }
+
+    /// Drops the oldest entries until `room` more fits.
+    fn evict(&mut self, room: usize) {
+        while self.size + room > self.max {
+            let Some((n, v)) = self.entries.pop_back() else {
+                break;
+            };
+            self.size -= n.len() + v.len() + ENTRY_OVERHEAD;
+        }
+    }
+}
+
 /// Decodes the header blocks of one connection, in order.
 pub(crate) struct Decoder {
-    /// Newest first: dynamic index 62 is `table[0]`.
-    table: VecDeque<Entry>,
-    size: usize,
-    /// The size the client last set (at most `limit`).
-    max: usize,
+    /// Its size is the one the client last set (at most `limit`).
+    table: Table,
     /// SETTINGS_HEADER_TABLE_SIZE as the proxy announced it.
     limit: usize,
     name: Vec<u8>,
@@ -138,9 +193,7 @@ enum Str {
 impl Decoder {
     pub(crate) fn new(limit: usize) -> Decoder {
         Decoder {
-            table: VecDeque::new(),
-            size: 0,
-            max: limit,
+            table: Table::new(limit),
             limit,
             name: Vec::new(),
             value: Vec::new(),
@@ -170,7 +223,7 @@ impl Decoder {
                         field(name.as_bytes(), value.as_bytes());
                     }
                     _ => {
-                        let (name, value) = self.table.get(i - 62).ok_or(Error::Index(i))?;
+                        let (name, value) = self.table.get(i).ok_or(Error::Index(i))?;
                         field(name, value);
                     }
                 }
@@ -184,8 +237,7 @@ impl Decoder {
                 if size > self.limit {
                     return Err(Error::TableSize);
                 }
-                self.max = size;
-                self.evict(0);
+                self.table.resize(size);
                 continue;
             } else {
                 // A literal: with incremental indexing (01), or without
@@ -217,41 +269,17 @@ impl Decoder {
                     Some(Str::Decoded) => &self.name,
                     None => match i {
                         1..=61 => STATIC[i - 1].0.as_bytes(),
-                        _ => &self.table.get(i.wrapping_sub(62)).ok_or(Error::Index(i))?.0,
+                        _ => &self.table.get(i).ok_or(Error::Index(i))?.0,
                     },
                 };
                 field(name, value);
                 if index {
-                    let entry: Entry = (name.into(), value.into());
-                    self.insert(entry);
+                    self.table.insert((name.into(), value.into()));
                 }
             }
             first = false;
         }
         Ok(())
-    }
-
-    fn insert(&mut self, entry: Entry) {
-        let size = entry.0.len() + entry.1.len() + ENTRY_OVERHEAD;
-        if size > self.max {
-            // Larger than the whole table: it empties the table.
-            self.table.clear();
-            self.size = 0;
-            return;
-        }
-        self.evict(size);
-        self.size += size;
-        self.table.push_front(entry);
-    }
-
-    /// Drops the oldest entries until `room` more fits.
-    fn evict(&mut self, room: usize) {
-        while self.size + room > self.max {
-            let Some((n, v)) = self.table.pop_back() else {
-                break;
-            };
-            self.size -= n.len() + v.len() + ENTRY_OVERHEAD;
-        }
     }
 }
 
@@ -434,18 +462,16 @@ fn put_string(out: &mut Vec<u8>, s: &[u8]) {
 
 /// The encoder's table size when the client allows more: enough for a
 /// few dozen answer fields.
-const ENCODER_TABLE: usize = 4096;
+const ENCODER_TABLE: usize = DEFAULT_TABLE;
 
 /// Values longer than this are sent as they are, not indexed.
 const INDEX_VALUE_MAX: usize = 256;
 
 /// Encodes the header blocks of one connection's answers, in order.
 pub(crate) struct Encoder {
-    /// Newest first: dynamic index 62 is `table[0]`, as in the client.
-    table: VecDeque<Entry>,
-    size: usize,
-    /// The table's size, as the client's decoder knows it.
-    max: usize,
+    /// The client's decoder's table, as it will be once it has read what
+    /// was encoded.
+    table: Table,
     /// The client changed SETTINGS_HEADER_TABLE_SIZE: the size to say at
     /// the start of the next block.
     resize: Option<usize>,
@@ -454,10 +480,8 @@ pub(crate) struct Encoder {
 impl Default for Encoder {
     fn default() -> Encoder {
         Encoder {
-            table: VecDeque::new(),
-            size: 0,
             // Both ends start from the protocol's default.
-            max: ENCODER_TABLE,
+            table: Table::new(DEFAULT_TABLE),
             resize: None,
         }
     }
@@ -468,7 +492,7 @@ impl Encoder {
     /// size in use (as most say 4096 at the start) changes nothing.
     pub(crate) fn set_limit(&mut self, limit: u32) {
         let max = (limit as usize).min(ENCODER_TABLE);
-        if self.resize.is_some() || max != self.max {
+        if self.resize.is_some() || max != self.table.max {
             self.resize = Some(max);
         }
     }
@@ -478,9 +502,8 @@ impl Encoder {
     pub(crate) fn start(&mut self, out: &mut Vec<u8>) {
         if let Some(max) = self.resize.take() {
             put_integer(out, 0x20, 5, 0);
-            self.table.clear();
-            self.size = 0;
-            self.max = max;
+            self.table.resize(0);
+            self.table.resize(max);
             if max > 0 {
                 put_integer(out, 0x20, 5, max);
             }
@@ -516,7 +539,7 @@ impl Encoder {
     /// lowercase, as `http` keeps it.
     pub(crate) fn field(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
         let mut name_at = static_name(name);
-        for (i, (n, v)) in self.table.iter().enumerate() {
+        for (i, (n, v)) in self.table.entries.iter().enumerate() {
             if **n == *name {
                 if **v == *value {
                     put_integer(out, 0x80, 7, 62 + i);
@@ -529,7 +552,7 @@ impl Encoder {
         let (flags, prefix) = match kind(name) {
             Kind::Secret => (0x10, 4),
             Kind::Changing => (0x00, 4),
-            Kind::Repeating if value.len() > INDEX_VALUE_MAX || entry > self.max => (0x00, 4),
+            Kind::Repeating if value.len() > INDEX_VALUE_MAX || entry > self.table.max => (0x00, 4),
             Kind::Repeating => (0x40, 6),
         };
         match name_at {
@@ -541,15 +564,7 @@ impl Encoder {
         }
         put_string(out, value);
         if flags == 0x40 {
-            // As the client's decoder does on reading it.
-            while self.size + entry > self.max {
-                let Some((n, v)) = self.table.pop_back() else {
-                    break;
-                };
-                self.size -= n.len() + v.len() + ENTRY_OVERHEAD;
-            }
-            self.size += entry;
-            self.table.push_front((name.into(), value.into()));
+            self.table.insert((name.into(), value.into()));
         }
     }
 }
@@ -695,7 +710,7 @@ mod tests {
                 ("custom-key", "custom-value"),
             ])
         );
-        assert_eq!(d.size, 164);
+        assert_eq!(d.table.size, 164);
     }
 
     /// RFC 7541 C.3 (no Huffman) and the eviction of C.5's small table.
@@ -712,14 +727,14 @@ mod tests {
         // (":authority www.example.com" is 57 bytes, and fits alone).
         let r = decode_all(&mut d, &hex("3f1d 82")).unwrap();
         assert_eq!(r, pairs(&[(":method", "GET")]));
-        assert_eq!(d.size, 57);
+        assert_eq!(d.table.size, 57);
         assert_eq!(
             decode_all(&mut d, &hex("be")).unwrap()[0].1,
             "www.example.com"
         );
         // Adding a second entry evicts the first.
         decode_all(&mut d, &hex("4003 6162 6303 6465 66")).unwrap();
-        assert_eq!(d.table.len(), 1);
+        assert_eq!(d.table.entries.len(), 1);
         assert_eq!(decode_all(&mut d, &hex("be")).unwrap()[0].0, "abc");
     }
 
@@ -801,10 +816,10 @@ mod tests {
         assert!(sizes[4] == sizes[2] && sizes[4] * 2 < sizes[0], "{sizes:?}");
         // Indexed: 201, content-type, server, x-app; not the changing ones
         // nor the cookie.
-        let names: Vec<&[u8]> = d.table.iter().map(|(n, _)| &**n).collect();
+        let names: Vec<&[u8]> = d.table.entries.iter().map(|(n, _)| &**n).collect();
         assert_eq!(names.len(), 4, "{names:?}");
         assert!(!names.contains(&b"set-cookie".as_slice()));
-        assert_eq!(e.size, d.size, "both tables hold the same");
+        assert_eq!(e.table.size, d.table.size, "both tables hold the same");
     }
 
     #[test]
@@ -817,8 +832,8 @@ mod tests {
             let fields: Vec<(&str, &str)> = chunk.iter().map(|v| ("x-v", v.as_str())).collect();
             let out = block(&mut e, 200, &fields);
             assert_eq!(decode_all(&mut d, &out).unwrap(), owned(200, &fields));
-            assert!(e.size <= 4096);
-            assert_eq!(e.size, d.size);
+            assert!(e.table.size <= 4096);
+            assert_eq!(e.table.size, d.table.size);
         }
         // The size in use again: nothing to say.
         e.set_limit(4096);
@@ -832,8 +847,8 @@ mod tests {
             let out = block(&mut e, 200, &fields);
             assert_eq!(out[0], 0x20, "the block starts with the size change");
             assert_eq!(decode_all(&mut d, &out).unwrap(), owned(200, &fields));
-            assert_eq!((e.max, d.max), (used, used));
-            assert_eq!(e.size, d.size);
+            assert_eq!((e.table.max, d.table.max), (used, used));
+            assert_eq!(e.table.size, d.table.size);
         }
         // A value over the table's size is never indexed.
         e.set_limit(4096);
@@ -841,6 +856,6 @@ mod tests {
         let fields = [("x-long", long.as_str())];
         let out = block(&mut e, 200, &fields);
         assert_eq!(decode_all(&mut d, &out).unwrap(), owned(200, &fields));
-        assert_eq!(d.table.len(), 0);
+        assert_eq!(d.table.entries.len(), 0);
     }
 }

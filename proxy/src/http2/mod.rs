@@ -70,8 +70,6 @@ const WRITE_HIGH: usize = 256 * 1024;
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Turns of the connection's loop per poll before it lets other tasks run.
 const ROUNDS: usize = 32;
-/// HPACK's table size, as every peer starts with it.
-const TABLE_SIZE: usize = 4096;
 /// Streams a client may reset per second (at least; twice its stream
 /// limit if that is more). Each stream opened costs a request to a task,
 /// and resetting it frees its place at once, so without a cap one
@@ -476,7 +474,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             wbuf,
             wpos: 0,
             flush: true,
-            decoder: hpack::Decoder::new(TABLE_SIZE),
+            decoder: hpack::Decoder::new(hpack::DEFAULT_TABLE),
             streams: HashMap::new(),
             ready: Arc::new(Mutex::new(Ready::default())),
             polling: Vec::new(),
