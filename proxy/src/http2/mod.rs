@@ -252,6 +252,22 @@ struct Stream {
     send_window: i64,
 }
 
+/// Request body bytes in the streams' inboxes, not yet taken.
+#[derive(Default)]
+struct Buffered(i64);
+
+impl Buffered {
+    /// Counts `kept` body bytes in and `taken` out (read, or dropped with
+    /// their stream). Returns the connection window to give back for
+    /// them: all but the bytes beyond [`BUFFERED_FREE`].
+    fn change(&mut self, kept: i64, taken: i64) -> i64 {
+        let held = |buffered: i64| (buffered - BUFFERED_FREE).max(0);
+        let before = held(self.0);
+        self.0 += kept - taken;
+        kept + before - held(self.0)
+    }
+}
+
 /// A stream's request body, between the connection and whoever reads it.
 #[derive(Default)]
 struct Inbox {
@@ -401,8 +417,7 @@ struct Conn<I> {
     peer_frame: usize,
     recv_window: i64,
     conn_unreleased: i64,
-    /// Request body bytes in the streams' inboxes, not yet taken.
-    buffered: i64,
+    buffered: Buffered,
     /// The first GOAWAY of a graceful end (every stream id) went out with
     /// a PING at this time: streams the client sent before it saw it are
     /// still served, until the PING's answer (or [`ACK_WAIT`]).
@@ -486,7 +501,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             peer_frame: frame::DEFAULT_FRAME,
             recv_window: CONN_WINDOW,
             conn_unreleased: 0,
-            buffered: 0,
+            buffered: Buffered::default(),
             announced: None,
             peer_goaway: false,
             closing: false,
@@ -845,19 +860,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let end = h.flags & frame::END_STREAM != 0;
         let kept = self.stream_data(h.stream, &p[a..b], len, end)?;
         // The rest (padding, data for no reader) comes back at once.
-        self.conn_unreleased += len - kept;
-        self.buffer(kept, 0);
+        self.conn_unreleased += len - kept + self.buffered.change(kept, 0);
         Ok(())
-    }
-
-    /// Counts `kept` body bytes into the inboxes and `taken` out (read,
-    /// or dropped with their stream), and gives back the connection window
-    /// of all but the bytes beyond [`BUFFERED_FREE`].
-    fn buffer(&mut self, kept: i64, taken: i64) {
-        let held = |buffered: i64| (buffered - BUFFERED_FREE).max(0);
-        let before = held(self.buffered);
-        self.buffered += kept - taken;
-        self.conn_unreleased += kept + before - held(self.buffered);
     }
 
     /// Hands a DATA frame's `data` (of a frame of `len` bytes) to its
@@ -1259,7 +1263,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         };
         if let Some(inbox) = &s.inbox {
             let taken = crate::sync::lock(inbox).fail(why) as i64;
-            self.buffer(0, taken);
+            self.conn_unreleased += self.buffered.change(0, taken);
         }
         if self.streams.is_empty() {
             self.last_end = Instant::now();
@@ -1291,21 +1295,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        let inbox = s.inbox.as_ref();
-        let consumed = inbox.map_or(0, |i| std::mem::take(&mut crate::sync::lock(i).consumed));
-        self.buffer(0, consumed as i64);
-        let Some(s) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if s.inbox.is_some() {
-            let consumed = consumed as i64;
+        if let Some(inbox) = &s.inbox {
+            let consumed = std::mem::take(&mut crate::sync::lock(inbox).consumed) as i64;
+            self.conn_unreleased += self.buffered.change(0, consumed);
             if s.receiving {
                 s.unreleased += consumed;
-            }
-            if s.receiving && s.unreleased >= STREAM_WINDOW / 2 {
-                frame::put_window_update(&mut self.wbuf, id, s.unreleased as u32);
-                s.recv_window += s.unreleased;
-                s.unreleased = 0;
+                if s.unreleased >= STREAM_WINDOW / 2 {
+                    frame::put_window_update(&mut self.wbuf, id, s.unreleased as u32);
+                    s.recv_window += s.unreleased;
+                    s.unreleased = 0;
+                }
             }
         }
         if let Some(answer) = s.answer.as_mut() {
