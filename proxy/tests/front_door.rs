@@ -1269,6 +1269,14 @@ fn get_block(authority: &str) -> Vec<u8> {
     b
 }
 
+/// `GET path` for `authority`.
+fn get_path_block(authority: &str, path: &str) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86];
+    b.extend(literal(":path", path));
+    b.extend(literal(":authority", authority));
+    b
+}
+
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const GOAWAY: u8 = 7;
@@ -1358,9 +1366,7 @@ async fn broken_h2_connections_get_goaway_with_the_rfc_code_and_are_closed() {
     ];
     // Streams opened and reset at once, more than 200 in a second (the
     // "rapid reset" attack): ENHANCE_YOUR_CALM.
-    let mut slow = vec![0x82, 0x86];
-    slow.extend(literal(":path", "/slow"));
-    slow.extend(literal(":authority", "a"));
+    let slow = get_path_block("a", "/slow");
     let mut rapid = settings_frame.clone();
     for id in (1..600).step_by(2) {
         rapid.extend(h2_frame(HEADERS, END_HEADERS | END_STREAM, id, &slow));
@@ -1445,9 +1451,7 @@ async fn a_malformed_h2_request_resets_its_stream_and_the_connection_serves_on()
         assert_eq!((rst.2, code(&rst)), (id, 1), "stream {id}: PROTOCOL_ERROR");
     }
     // Two streams held by the task (the limit), a third refused.
-    let mut barrier = vec![0x82, 0x86];
-    barrier.extend(literal(":path", "/barrier"));
-    barrier.extend(literal(":authority", &authority));
+    let barrier = get_path_block(&authority, "/barrier");
     for id in [9, 11, 13] {
         c.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, id, &barrier))
             .await
@@ -1486,9 +1490,7 @@ async fn a_draining_h2_connection_closes_without_cutting_its_last_answer() {
         .connect(([127, 0, 0, 1], f.plain).into())
         .await
         .unwrap();
-    let mut block = vec![0x82, 0x86];
-    block.extend(literal(":path", &format!("/big?n={SIZE}")));
-    block.extend(literal(":authority", &authority));
+    let block = get_path_block(&authority, &format!("/big?n={SIZE}"));
     let first = [
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
         h2_frame(4, 0, 0, &[]),
@@ -1605,9 +1607,7 @@ async fn h2_clients_that_stop_taking_answers_are_cut_after_the_idle_timeout() {
     let (f, authority) = h2c_front(settings).await;
     // SETTINGS_INITIAL_WINDOW_SIZE = 0.
     let zero = h2_frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]);
-    let mut big = vec![0x82, 0x86];
-    big.extend(literal(":path", "/big?n=100000"));
-    big.extend(literal(":authority", &authority));
+    let big = get_path_block(&authority, "/big?n=100000");
     let first = [zero, h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &big)].concat();
     let mut c = raw_h2c(f.plain, &first).await;
     let answer = frame_of(&mut c, HEADERS).await.expect("the answer's head");
@@ -1623,9 +1623,7 @@ async fn h2_clients_that_stop_taking_answers_are_cut_after_the_idle_timeout() {
         h2_frame(8, 0, 0, &0x7fff_0000u32.to_be_bytes()),
     ]
     .concat();
-    let mut huge = vec![0x82, 0x86];
-    huge.extend(literal(":path", "/big?n=64000000"));
-    huge.extend(literal(":authority", &authority));
+    let huge = get_path_block(&authority, "/big?n=64000000");
     let first = [open, h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &huge)].concat();
     let mut c = raw_h2c(f.plain, &first).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
