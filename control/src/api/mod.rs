@@ -235,6 +235,12 @@ pub async fn dispatch(
 
 /// A page of `items` after `next_token`, at most `max` (1-`limit`,
 /// default `limit`), and the token of the next page.
+///
+/// Pages follow `key` in byte order, whatever order `items` came in: a
+/// token names the last key returned, and the next page starts after it.
+/// (PostgreSQL's `ORDER BY` follows the database's collation, where `Cc`
+/// sorts between `bb` and `dd`; resuming by byte order over that order
+/// skipped items.) Keys must be unique.
 pub fn page<T: Clone>(
     items: &[T],
     key: impl Fn(&T) -> String,
@@ -251,19 +257,21 @@ pub fn page<T: Clone>(
             )))
         }
     };
+    let mut keyed: Vec<(String, &T)> = items.iter().map(|i| (key(i), i)).collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let start = match next_token {
         None | Some("") => 0,
         Some(t) => {
             let after = decode_token(t).ok_or_else(|| ApiError::invalid("Invalid nextToken."))?;
-            items
-                .iter()
-                .position(|i| key(i) > after)
-                .unwrap_or(items.len())
+            keyed.partition_point(|(k, _)| *k <= after)
         }
     };
-    let end = (start + max as usize).min(items.len());
-    let page = items[start..end].to_vec();
-    let next = (end < items.len()).then(|| encode_token(&key(&items[end - 1])));
+    let end = (start + max as usize).min(keyed.len());
+    let page = keyed[start..end]
+        .iter()
+        .map(|(_, i)| (*i).clone())
+        .collect();
+    let next = (end < keyed.len()).then(|| encode_token(&keyed[end - 1].0));
     Ok((page, next))
 }
 
@@ -298,6 +306,37 @@ pub fn name_of(s: &str) -> &str {
         s.rsplit('/').next().unwrap_or(s)
     } else {
         s
+    }
+}
+
+/// The cluster and name of the service `service` names in a request:
+/// a name, or an ARN. A service ARN of today's form
+/// (`arn:aws:ecs:REGION:ACCOUNT:service/CLUSTER/NAME`) names its
+/// cluster: it is used when the request has no `cluster`, and must be the
+/// request's when it has one (ECS's InvalidParameterException otherwise);
+/// the older form (`service/NAME`) and a plain name are in the request's
+/// cluster.
+pub fn service_ref(body: &Value, service: &str) -> Result<(String, String), ApiError> {
+    let cluster = cluster_name(body)?;
+    let Some(rest) = service.strip_prefix("arn:") else {
+        return Ok((cluster, service.to_string()));
+    };
+    let resource = rest.splitn(5, ':').nth(4).unwrap_or("");
+    let parts: Vec<&str> = resource.split('/').collect();
+    match parts.as_slice() {
+        ["service", name] if !name.is_empty() => Ok((cluster, name.to_string())),
+        ["service", in_arn, name] if !in_arn.is_empty() && !name.is_empty() => {
+            let explicit = !matches!(body.get("cluster"), None | Some(Value::Null));
+            if explicit && cluster != *in_arn {
+                return Err(ApiError::invalid(format!(
+                    "the service ARN {service:?} is in cluster {in_arn:?}, not in {cluster:?}"
+                )));
+            }
+            Ok((in_arn.to_string(), name.to_string()))
+        }
+        _ => Err(ApiError::invalid(format!(
+            "{service:?} is not a service name or service ARN"
+        ))),
     }
 }
 
@@ -337,5 +376,49 @@ mod tests {
         assert!(t3.is_none());
         assert!(page(&items, |s| s.clone(), Some("zz"), None, 100).is_err());
         assert!(page(&items, |s| s.clone(), None, Some(0), 100).is_err());
+    }
+
+    #[test]
+    fn pages_follow_byte_order_whatever_order_the_items_came_in() {
+        // The order PostgreSQL gives under en_US.UTF-8: `Cc` between `bb`
+        // and `dd`. Resuming after `bb` by byte order used to skip `Cc`.
+        let items: Vec<String> = ["aa", "bb", "Cc", "dd"].map(String::from).to_vec();
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let (p, next) = page(&items, |s| s.clone(), token.as_deref(), Some(1), 100).unwrap();
+            seen.extend(p);
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["Cc", "aa", "bb", "dd"]);
+    }
+
+    #[test]
+    fn a_service_arn_names_its_cluster() {
+        let arn = "arn:aws:ecs:us-east-1:000000000000:service/staging/web";
+        let no_cluster = serde_json::json!({});
+        assert_eq!(
+            service_ref(&no_cluster, arn).unwrap(),
+            ("staging".to_string(), "web".to_string())
+        );
+        let same = serde_json::json!({"cluster": "staging"});
+        assert_eq!(service_ref(&same, arn).unwrap().0, "staging");
+        let same_arn =
+            serde_json::json!({"cluster": "arn:aws:ecs:us-east-1:000000000000:cluster/staging"});
+        assert_eq!(service_ref(&same_arn, arn).unwrap().0, "staging");
+        let other = serde_json::json!({"cluster": "default"});
+        let e = service_ref(&other, arn).unwrap_err();
+        assert_eq!(e.code, "InvalidParameterException");
+        // The old form and a plain name are in the request's cluster.
+        let old = "arn:aws:ecs:us-east-1:000000000000:service/web";
+        assert_eq!(
+            service_ref(&other, old).unwrap(),
+            ("default".to_string(), "web".to_string())
+        );
+        assert_eq!(service_ref(&no_cluster, "web").unwrap().0, "default");
+        assert!(service_ref(&no_cluster, "arn:aws:ecs:us-east-1:0:task/x/y").is_err());
     }
 }

@@ -463,8 +463,7 @@ struct UpdateRequest {
 pub async fn update(ctl: &Control, body: &Value) -> ApiResult {
     refuse_common(body)?;
     let req: UpdateRequest = parse(body)?;
-    let cluster = cluster_name(body)?;
-    let name = super::name_of(&req.service).to_string();
+    let (cluster, name) = super::service_ref(body, &req.service)?;
     let now = crate::ids::now_ms();
     let _w = ctl.store.lock().await;
     let mut tx = ctl.store.begin().await?;
@@ -585,10 +584,15 @@ pub async fn describe(ctl: &Control, body: &Value) -> ApiResult {
     let mut out = Vec::new();
     let mut failures = Vec::new();
     for r in &req.services {
-        let name = super::name_of(r);
-        match store::get_service(&mut c, &cluster, name).await? {
+        // An ARN of a service in another cluster than the request's is
+        // missing from this one.
+        let Ok((in_cluster, name)) = super::service_ref(body, r) else {
+            failures.push(failure(r, "MISSING"));
+            continue;
+        };
+        match store::get_service(&mut c, &in_cluster, &name).await? {
             Some(s) => out.push(render_one(ctl, &mut c, &s, with_tags).await?),
-            None => failures.push(failure(&service_arn(ctl, &cluster, name), "MISSING")),
+            None => failures.push(failure(&service_arn(ctl, &in_cluster, &name), "MISSING")),
         }
     }
     Ok(json!({"services": out, "failures": failures}))
@@ -649,8 +653,7 @@ struct DeleteRequest {
 
 pub async fn delete(ctl: &Control, body: &Value) -> ApiResult {
     let req: DeleteRequest = parse(body)?;
-    let cluster = cluster_name(body)?;
-    let name = super::name_of(&req.service).to_string();
+    let (cluster, name) = super::service_ref(body, &req.service)?;
     let _w = ctl.store.lock().await;
     let mut tx = ctl.store.begin().await?;
     super::active_cluster(&mut tx, &cluster).await?;

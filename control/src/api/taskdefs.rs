@@ -157,6 +157,23 @@ struct ListRequest {
     max_results: Option<i64>,
 }
 
+/// A task definition's page key: family, then revision, in byte order
+/// (`DESC`: the reverse order, by complementing every byte).
+fn taskdef_key(family: &str, revision: i64, desc: bool) -> String {
+    let revision = revision.clamp(0, 999_999_999_999);
+    if !desc {
+        return format!("{family}\u{0}{revision:012}");
+    }
+    // The NUL after the family puts "web2" before "web" once complemented.
+    let mut key: String = family
+        .bytes()
+        .chain([0])
+        .map(|b| format!("{:02x}", 255 - b))
+        .collect();
+    key.push_str(&format!("{:012}", 999_999_999_999 - revision));
+    key
+}
+
 pub async fn list(ctl: &Control, body: &Value) -> ApiResult {
     let req: ListRequest = parse(body)?;
     let status = req.status.unwrap_or_else(|| "ACTIVE".into());
@@ -166,7 +183,7 @@ pub async fn list(ctl: &Control, body: &Value) -> ApiResult {
         ));
     }
     let mut c = ctl.store.read().await?;
-    let mut all: Vec<(String, i64, String)> = store::list_taskdefs(&mut c)
+    let all: Vec<(String, i64, String)> = store::list_taskdefs(&mut c)
         .await?
         .into_iter()
         .filter(|(f, _, s)| {
@@ -177,15 +194,13 @@ pub async fn list(ctl: &Control, body: &Value) -> ApiResult {
                     .is_none_or(|p| f == p || f.starts_with(p))
         })
         .collect();
-    // Pages are keyed by (family, revision) in list order.
+    // Pages are keyed by (family, revision), not by position: a
+    // definition registered or deregistered between two pages neither
+    // repeats nor hides another.
     let desc = req.sort.as_deref() == Some("DESC");
-    if desc {
-        all.reverse();
-    }
     let keyed: Vec<(String, String)> = all
         .iter()
-        .enumerate()
-        .map(|(i, (f, r, _))| (format!("{i:012}"), render::taskdef_arn(ctl, f, *r)))
+        .map(|(f, r, _)| (taskdef_key(f, *r, desc), render::taskdef_arn(ctl, f, *r)))
         .collect();
     let (page, next) = page(
         &keyed,
@@ -231,4 +246,20 @@ pub async fn families(ctl: &Control, body: &Value) -> ApiResult {
         100,
     )?;
     Ok(json!({"families": page, "nextToken": next}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::taskdef_key;
+
+    #[test]
+    fn taskdef_keys_order_by_family_then_revision_both_ways() {
+        let defs = [("web", 2), ("web2", 1), ("web", 10), ("Api", 3)];
+        let mut asc: Vec<_> = defs.to_vec();
+        asc.sort_by_key(|(f, r)| taskdef_key(f, *r, false));
+        assert_eq!(asc, [("Api", 3), ("web", 2), ("web", 10), ("web2", 1)]);
+        let mut desc: Vec<_> = defs.to_vec();
+        desc.sort_by_key(|(f, r)| taskdef_key(f, *r, true));
+        assert_eq!(desc, [("web2", 1), ("web", 10), ("web", 2), ("Api", 3)]);
+    }
 }

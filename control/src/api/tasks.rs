@@ -386,7 +386,19 @@ pub async fn list(ctl: &Control, body: &Value) -> ApiResult {
         .container_instance
         .as_deref()
         .map(|r| super::instances::instance_arn(ctl, &cluster, r));
-    let service = req.service_name.as_deref().map(super::name_of);
+    // A service ARN must be of this cluster (see service_ref).
+    let service = match req.service_name.as_deref() {
+        None => None,
+        Some(r) => {
+            let (in_cluster, name) = super::service_ref(body, r)?;
+            if in_cluster != cluster {
+                return Err(ApiError::invalid(format!(
+                    "serviceName {r:?} is a service of cluster {in_cluster:?}; give --cluster {in_cluster}"
+                )));
+            }
+            Some(name)
+        }
+    };
     let mut c = ctl.store.read().await?;
     let arns = store::task_arns(
         &mut c,
@@ -394,7 +406,7 @@ pub async fn list(ctl: &Control, body: &Value) -> ApiResult {
             cluster: &cluster,
             container_instance: instance.as_deref(),
             family: req.family.as_deref(),
-            service,
+            service: service.as_deref(),
             started_by: req.started_by.as_deref(),
             desired_status: Some(&desired),
         },
