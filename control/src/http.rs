@@ -22,6 +22,10 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 pub const MAX_CONNECTIONS: usize = 4096;
 /// A client has this long to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// And then this long to send the body (2 MiB in 30 s is 70 KB/s). A
+/// connection slot held by a body that never ends would otherwise be held
+/// for good: 4096 of them and no agent could poll.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn json_response(status: u16, body: &serde_json::Value, request_id: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -67,9 +71,10 @@ async fn handle(ctl: Arc<Control>, req: Request<Incoming>) -> Response<Full<Byte
         );
     }
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect());
+    let bytes = match read.await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             return error_response(
                 &ApiError::new(
                     "SerializationException",
@@ -77,6 +82,23 @@ async fn handle(ctl: Arc<Control>, req: Request<Incoming>) -> Response<Full<Byte
                 ),
                 &request_id,
             )
+        }
+        Err(_) => {
+            let mut e = ApiError::new(
+                "RequestTimeoutException",
+                format!(
+                    "the request body did not arrive within {}s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            );
+            e.status = 408;
+            let mut r = error_response(&e, &request_id);
+            // The rest of the body may still come: not on this connection.
+            r.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            return r;
         }
     };
     // Header values as the text of their wire bytes (latin-1), the way the

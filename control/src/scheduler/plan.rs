@@ -260,7 +260,22 @@ pub fn plan(st: &mut ClusterState, set: &Settings, rng: &mut Rng) -> Changes {
 /// Tasks on instances silent past the grace are given up: STOPPED (their
 /// services start replacements elsewhere). If the agent comes back, those
 /// tasks are no longer in its desired set and it stops them.
+///
+/// Unless no instance of the cluster is heard from at all: every host
+/// going silent at once points at this side (the endpoint unreachable, or
+/// its connections held by slow clients), and there is nowhere to place a
+/// replacement anyway. Giving up then would restart every task of the
+/// cluster the moment the hosts are back. Nothing is given up until one
+/// instance polls again (Kubernetes' node controller stops evicting the
+/// same way when a whole zone goes NotReady).
 fn give_up_lost(st: &mut ClusterState, ch: &mut Changes, grace_ms: i64) {
+    if !st
+        .instances
+        .iter()
+        .any(|v| v.connected && v.rec.status != "INACTIVE")
+    {
+        return;
+    }
     let lost: BTreeMap<String, String> = st
         .instances
         .iter()

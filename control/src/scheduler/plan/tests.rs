@@ -470,6 +470,36 @@ fn a_silent_instance_loses_its_tasks_after_the_grace_only() {
 }
 
 #[test]
+fn nothing_is_given_up_while_no_instance_is_heard_from() {
+    let mut w = World::new(3, 1024);
+    w.service("web", 3, false);
+    w.settle(5, true);
+    // Every instance silent for twice the grace: the endpoint, not three
+    // hosts at once, is the likely cause.
+    for _ in 0..20 {
+        w.now += 30_000;
+        w.pass();
+    }
+    assert_eq!(w.per_instance(), [1, 1, 1], "nothing given up");
+    assert!(w.tasks.iter().all(|t| t.stopped_reason.is_none()));
+    // One host polls again: the two still silent lose their tasks to it.
+    w.instances[2].last_seen_at = w.now;
+    w.pass();
+    w.agents(true);
+    assert_eq!(w.per_instance()[..2], [0, 0]);
+    let given_up = w
+        .tasks
+        .iter()
+        .filter(|t| {
+            t.stopped_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("has not reached the control endpoint"))
+        })
+        .count();
+    assert_eq!(given_up, 2);
+}
+
+#[test]
 fn an_unplaceable_task_is_reported_once_with_the_numbers() {
     let mut w = World::new(2, 200);
     w.service("web", 3, false);
