@@ -314,14 +314,16 @@ impl Backend {
     }
 
     /// A fast-path connection: an idle one (the most recent, so idle ones
-    /// age out at the task's keep-alive timeout), or a new one. With
-    /// `probe`, an idle connection is first checked for a close the task
-    /// sent while it sat in the pool, for a request that cannot be sent
-    /// twice. The flag says whether the connection was reused.
+    /// age out at the task's keep-alive timeout), or a new one. An idle
+    /// connection the task closed, or sent anything on, while it sat in
+    /// the pool is dropped: bytes no request asked for (a body sent after
+    /// a HEAD answer, a 408 before an idle close) would otherwise be read
+    /// as the next client's answer. The check costs no system call unless
+    /// the event loop saw the socket become readable. The flag says
+    /// whether the connection was reused.
     pub(crate) async fn checkout_raw(
         &self,
         connect_timeout: Duration,
-        probe: bool,
     ) -> Result<(Upstream, bool), std::io::Error> {
         loop {
             let popped = {
@@ -333,9 +335,6 @@ impl Backend {
             let Some(up) = popped else {
                 break;
             };
-            if !probe {
-                return Ok((up, true));
-            }
             match up.stream.try_read(&mut [0u8; 1]) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((up, true)),
                 _ => continue, // closed, or unexpected bytes: not usable
@@ -463,7 +462,7 @@ mod tests {
 
     /// A connection whose buffer read, and then passed on, a 64 KiB answer.
     async fn used_for_a_large_answer(b: &Backend) -> Upstream {
-        let (mut up, _) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+        let (mut up, _) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
         up.buf.reserve(64 * 1024);
         up.buf.extend_from_slice(&[b'x'; 64 * 1024]);
         up.buf.advance(64 * 1024);
@@ -475,12 +474,40 @@ mod tests {
     async fn grown_in_pool_order(b: &Backend, n: usize) -> Vec<bool> {
         let mut grown = Vec::new();
         for _ in 0..n {
-            let (mut up, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+            let (mut up, reused) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
             assert!(reused);
             grown.push(up.buf.try_reclaim(2 * UPSTREAM_BUF));
             assert!(up.buf.capacity() >= UPSTREAM_BUF);
         }
         grown
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_task_sent_unasked_bytes_on_is_not_reused() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let b = Backend::new("t".into(), addr, 1, Duration::ZERO, 1);
+        assert!(b.record(&Ok(()), &HealthCheck::default()).is_some());
+        let (up, reused) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+        assert!(!reused);
+        let (mut task_side, _) = listener.accept().await.unwrap();
+        b.checkin_raw(up);
+        // While it is idle in the pool, the task sends what no request
+        // asked for (here a 408 before an idle close).
+        task_side
+            .write_all(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (fresh, reused) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+        assert!(!reused, "a new connection, not the one holding the 408");
+        // A quiet pooled connection is reused.
+        let _second = listener.accept().await.unwrap();
+        b.checkin_raw(fresh);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, reused) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+        assert!(reused);
     }
 
     #[tokio::test]
@@ -512,8 +539,8 @@ mod tests {
         // Nothing has stayed idle for a whole interval yet.
         b.trim_idle();
         // Two are taken and returned: the pool never went below two.
-        let (x, _) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
-        let (y, _) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+        let (x, _) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+        let (y, _) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
         b.checkin_raw(y);
         b.checkin_raw(x);
         b.trim_idle();

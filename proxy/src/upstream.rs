@@ -173,10 +173,7 @@ where
             break;
         };
         let in_flight = backend.begin_request();
-        let (mut up, reused) = match backend
-            .checkout_raw(settings.connect_timeout, !idempotent)
-            .await
-        {
+        let (mut up, reused) = match backend.checkout_raw(settings.connect_timeout).await {
             Ok(c) => c,
             Err(e) => {
                 // Nothing was sent: safe to try elsewhere.
