@@ -388,6 +388,10 @@ pub async fn run(mut p: Parts, shutdown: drain::Watch) {
                         );
                     }
                     disconnected(&p, why);
+                    // The next poll asks for the whole set: an "unchanged"
+                    // answer to the old sequence would leave the desired
+                    // state Unknown (holding) until the set next changed.
+                    sequence = 0;
                     // Static stability: hold what runs, stop nothing.
                     p.desired.send_if_modified(|d| {
                         let changed = *d != DesiredState::Unknown;
@@ -506,22 +510,24 @@ async fn report_loop(
             "containerInstance": current,
             "changes": outbox.batch(),
         });
-        match client.call(REPORT, &body, Duration::from_secs(30)).await {
-            Ok(v) => {
+        let answer = client.call(REPORT, &body, Duration::from_secs(30)).await;
+        match answer.map(serde_json::from_value::<ReportResponse>) {
+            Ok(Ok(r)) => {
                 backoff = Duration::from_millis(200);
-                match serde_json::from_value::<ReportResponse>(v) {
-                    Ok(r) => outbox.acknowledged(r.acknowledged),
-                    Err(e) => {
-                        tracing::warn!(cause = %e, "the control endpoint's report answer is not valid")
-                    }
-                }
+                outbox.acknowledged(r.acknowledged);
+                continue;
+            }
+            // A 200 that is not an answer (a proxy's page in front of the
+            // endpoint): backed off like a failure, not resent at once.
+            Ok(Err(e)) => {
+                tracing::warn!(cause = %e, "the control endpoint's report answer is not valid; retrying")
             }
             Err(e) => {
                 tracing::debug!(cause = %e, pending = outbox.batch().len(), "reports not delivered; retrying");
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -585,5 +591,183 @@ pub async fn drain(
             return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn serve_one(
+        mut s: tokio::net::TcpStream,
+        polls: Arc<AtomicUsize>,
+        reports: Arc<AtomicUsize>,
+    ) {
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        let head_end;
+        loop {
+            let n = s.read(&mut tmp).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&tmp[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                head_end = i + 4;
+                break;
+            }
+        }
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap_or(0))
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let n = s.read(&mut tmp).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        let target = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-amz-target:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let (status, body) = if target.ends_with("registercontainerinstance") {
+            ("200 OK", r#"{"containerInstance":{"containerInstanceArn":"arn:aws:ecs:us-east-1:0:container-instance/test/abc"}}"#.to_string())
+        } else if target.ends_with(".poll") {
+            let n = polls.fetch_add(1, Ordering::SeqCst);
+            match n {
+                0 => (
+                    "200 OK",
+                    r#"{"sequence":1,"instanceStatus":"ACTIVE","tasks":[]}"#.to_string(),
+                ),
+                1 => ("502 Bad Gateway", String::new()),
+                // As the control endpoint: "unchanged" only to the
+                // sequence it has, the whole set to any other.
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let request: serde_json::Value =
+                        serde_json::from_slice(&buf[head_end..]).unwrap_or_default();
+                    if request["sequence"] == 1 {
+                        (
+                            "200 OK",
+                            r#"{"sequence":1,"unchanged":true,"instanceStatus":"ACTIVE"}"#
+                                .to_string(),
+                        )
+                    } else {
+                        (
+                            "200 OK",
+                            r#"{"sequence":1,"instanceStatus":"ACTIVE","tasks":[]}"#.to_string(),
+                        )
+                    }
+                }
+            }
+        } else if target.ends_with("reporttaskstates") {
+            reports.fetch_add(1, Ordering::SeqCst);
+            ("200 OK", "{}".to_string())
+        } else {
+            ("400 Bad Request", String::new())
+        };
+        let resp = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(resp.as_bytes()).await;
+        let _ = s.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_poll_the_next_answer_makes_the_desired_state_known_and_bad_report_answers_back_off(
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let reports = Arc::new(AtomicUsize::new(0));
+        {
+            let polls = Arc::clone(&polls);
+            let reports = Arc::clone(&reports);
+            tokio::spawn(async move {
+                loop {
+                    let (s, _) = listener.accept().await.unwrap();
+                    tokio::spawn(serve_one(s, Arc::clone(&polls), Arc::clone(&reports)));
+                }
+            });
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "dockhand-managed-test-{}",
+            crate::store::random_hex(6)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = Config::defaults();
+        cfg.backend_hosts = vec![format!("http://127.0.0.1:{port}")];
+        cfg.access_key_id = Some("AKIDTEST".into());
+        cfg.secret_access_key = Some("secret".into());
+        cfg.data_dir = dir.clone();
+        cfg.cluster = "test".into();
+        cfg.instance_id = Some("i-test".into());
+        let cfg = Arc::new(cfg);
+        let client = Arc::new(Client::new(&cfg).unwrap());
+        let (desired_tx, desired_rx) = crate::desired::channel();
+        let changes = Arc::new(Changes::default());
+        let (_host_tx, host_rx) = watch::channel(Some(HostInfo {
+            capacity: HostCapacity {
+                memory_mib: 1024,
+                cpu_units: 1024,
+            },
+            docker_version: "test".into(),
+        }));
+        let (arn_tx, _arn_rx) = watch::channel(None);
+        let (_signal, w) = drain::channel();
+        tokio::spawn(run(
+            Parts {
+                cfg: Arc::clone(&cfg),
+                client,
+                status: Arc::default(),
+                desired: desired_tx,
+                changes: Arc::clone(&changes),
+                agent_id: "agent".into(),
+                host: host_rx,
+                arn: arn_tx,
+            },
+            w,
+        ));
+        // One change to report; the fake endpoint answers reports with
+        // `{}`, which is not a report answer.
+        changes.push(crate::changes::Change {
+            service: "web".into(),
+            task_id: "t1".into(),
+            revision: 1,
+            desired: TaskStatus::Running,
+            report: dockhand_model::task::TaskStateChange {
+                sequence: 0,
+                task: "t1".into(),
+                status: TaskStatus::Running,
+                reason: None,
+                stop_code: None,
+                health_status: dockhand_model::task::HealthStatus::Unknown,
+                containers: Vec::new(),
+                at_ms: 1,
+                engine_failure: false,
+            },
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let polled = polls.load(Ordering::SeqCst);
+        let reported = reports.load(Ordering::SeqCst);
+        let state = desired_rx.borrow().clone();
+        std::fs::remove_dir_all(dir).ok();
+        assert!(polled >= 3, "the session went on polling ({polled})");
+        assert!(
+            matches!(state, DesiredState::Known(_)),
+            "connected again and polls answered: the desired state is known again"
+        );
+        // Backed off from 200 ms, doubling up to 10 s: about 6 in 5 s (the
+        // old loop resent at once, thousands of times).
+        assert!(reported <= 12, "{reported} reports in 5 s");
     }
 }
