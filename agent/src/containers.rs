@@ -135,7 +135,7 @@ impl TaskLaunch<'_> {
             self.def.family,
             self.revision,
             c.name,
-            &self.task_id[..self.task_id.len().min(12)]
+            crate::supervisor::short(&self.task_id)
         )
     }
 

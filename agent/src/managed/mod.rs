@@ -448,23 +448,43 @@ fn disconnected(p: &Parts, why: String) {
     });
 }
 
-/// The supervisor's view of a poll's answer.
+/// Whether a task id from the control endpoint can name containers and
+/// state-file entries: what the endpoint makes (32 hex digits) or any
+/// ASCII letters, digits and `-`, at most 64.
+fn usable_task_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The supervisor's view of a poll's answer. A task whose id cannot name
+/// a container is left out, with a warning (it stays PENDING on the
+/// endpoint's side, where the id came from).
 fn managed_of(resp: &PollResponse) -> Managed {
     let tasks = resp
         .tasks
         .iter()
-        .map(|t| {
+        .filter_map(|t| {
             let id = t
                 .task_arn
                 .rsplit('/')
                 .next()
                 .unwrap_or(&t.task_arn)
                 .to_string();
+            if !usable_task_id(&id) {
+                tracing::warn!(task = %t.task_arn, "the control endpoint sent a task whose id cannot name a container; left out");
+                return None;
+            }
+            // The endpoint validated it at registration; an endpoint of
+            // another version (or not ours) may not have.
+            if let Err(errors) = t.task_definition.validate("taskDefinition") {
+                let first = errors.first().map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(task = %t.task_arn, "the control endpoint sent a task definition this agent cannot run ({first}); left out");
+                return None;
+            }
             let service = t
                 .service
                 .clone()
                 .unwrap_or_else(|| format!("family:{}", t.task_definition.family));
-            (
+            Some((
                 id,
                 ManagedTask {
                     arn: t.task_arn.clone(),
@@ -474,7 +494,7 @@ fn managed_of(resp: &PollResponse) -> Managed {
                     running: t.desired_status == TaskStatus::Running,
                     stop_reason: t.stop_reason.clone(),
                 },
-            )
+            ))
         })
         .collect();
     Managed {
@@ -680,6 +700,15 @@ mod tests {
         );
         let _ = s.write_all(resp.as_bytes()).await;
         let _ = s.shutdown().await;
+    }
+
+    #[test]
+    fn task_ids_that_cannot_name_a_container_are_refused() {
+        assert!(usable_task_id("0123456789abcdef0123456789abcdef"));
+        assert!(usable_task_id("t-1"));
+        for bad in ["", "abcdefghijk\u{e9}x", "a/b", "a b", &"a".repeat(65)] {
+            assert!(!usable_task_id(bad), "{bad:?}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

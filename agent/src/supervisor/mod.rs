@@ -590,6 +590,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
     }
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+/// A task id's first 12 characters, for names and messages.
+pub(crate) fn short(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
 }
