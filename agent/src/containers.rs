@@ -32,6 +32,10 @@ pub mod label {
     pub const TASK_CPU: &str = "dockhand.task-cpu";
     /// `period=SECONDS;ignore=CODE,CODE` when the restart policy is enabled.
     pub const RESTART_POLICY: &str = "dockhand.restart-policy";
+    /// `8080,9090`: the host ports a host-network container listens on (its
+    /// container ports). Docker publishes no ports for those, so without
+    /// it a running task's ports would look free.
+    pub const HOST_PORTS: &str = "dockhand.host-ports";
     pub const ECS_TASK_ARN: &str = "com.amazonaws.ecs.task-arn";
     pub const ECS_CONTAINER_NAME: &str = "com.amazonaws.ecs.container-name";
     pub const ECS_FAMILY: &str = "com.amazonaws.ecs.task-definition-family";
@@ -177,6 +181,15 @@ impl TaskLaunch<'_> {
             (label::ECS_CLUSTER, self.cluster.to_string()),
         ] {
             labels.insert(k.to_string(), v);
+        }
+
+        if self.def.network_mode == NetworkMode::Host && !c.port_mappings.is_empty() {
+            let ports: Vec<String> = c
+                .port_mappings
+                .iter()
+                .map(|pm| pm.container_port.clamp(0, 65535).to_string())
+                .collect();
+            labels.insert(label::HOST_PORTS.to_string(), ports.join(","));
         }
 
         let bridge = self.def.network_mode == NetworkMode::Bridge;

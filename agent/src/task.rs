@@ -163,12 +163,20 @@ impl TaskObs {
         latest
     }
 
-    /// Host ports this task holds while any of its containers is alive.
+    /// Host ports this task holds while any of its containers is alive:
+    /// published ones (bridge), and a host-network container's own.
     pub fn host_ports(&self) -> impl Iterator<Item = u16> + '_ {
         self.containers
             .iter()
             .filter(|c| !matches!(c.state, RunState::Exited { .. }))
-            .flat_map(|c| c.ports.iter().map(|p| p.2))
+            .flat_map(|c| {
+                let host_network = c
+                    .labels
+                    .get(crate::containers::label::HOST_PORTS)
+                    .into_iter()
+                    .flat_map(|v| v.split(',').filter_map(|p| p.parse::<u16>().ok()));
+                c.ports.iter().map(|p| p.2).chain(host_network)
+            })
     }
 
     /// (memory MiB, CPU units) the task reserves, from its labels.

@@ -24,6 +24,36 @@ fn task_of(c: &crate::engine::fake::FakeContainer) -> String {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_running_host_network_task_holds_its_ports() {
+    let h = Harness::start().await;
+    let one = spec(json!({
+        "serviceName": "hn", "desiredCount": 1,
+        "taskDefinition": {"family": "hn", "networkMode": "host", "containerDefinitions": [{
+            "name": "web", "image": IMAGE, "memory": 64,
+            "portMappings": [{"containerPort": 8080}]}]}
+    }));
+    h.deploy(one.clone(), 1).await;
+    assert_eq!(h.running("hn")[0].label(label::HOST_PORTS), Some("8080"));
+    // A second task would bind 8080 again: it waits, with the reason.
+    let mut two = one;
+    two.desired_count = Some(2);
+    h.set(vec![two]);
+    h.idle(Duration::from_secs(10)).await;
+    let creates = h
+        .engine
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("create"))
+        .count();
+    assert_eq!(creates, 1, "no second task on host port 8080");
+    let why = h.service_status("hn").unwrap().pending_reason;
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("8080")),
+        "{why:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_new_service_starts_its_tasks_on_distinct_dynamic_ports() {
     let h = Harness::start().await;
     h.deploy(service("web", 3), 3).await;
@@ -775,4 +805,41 @@ async fn a_stop_is_saved_before_its_container_is_signalled() {
             "task {task} was signalled before its stop was saved"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_network_rollout_waits_for_the_port_unless_the_old_task_may_stop_first() {
+    let h = Harness::start().await;
+    let mk = |v: &str, min: i64| {
+        spec(json!({
+            "serviceName": "hn", "desiredCount": 1,
+            "deploymentConfiguration": {"minimumHealthyPercent": min, "maximumPercent": 200},
+            "taskDefinition": {"family": "hn", "networkMode": "host", "containerDefinitions": [{
+                "name": "web", "image": IMAGE, "memory": 64,
+                "environment": [{"name": "V", "value": v}],
+                "portMappings": [{"containerPort": 8080}]}]}
+        }))
+    };
+    h.deploy(mk("1", 100), 1).await;
+    h.set(vec![mk("2", 100)]);
+    h.idle(Duration::from_secs(60)).await;
+    // As on ECS: the new task needs the old one's port, and the old one may
+    // not stop before its replacement is healthy.
+    let revision = |h: &Harness| -> Vec<String> {
+        h.running("hn")
+            .iter()
+            .map(|c| c.label(label::REVISION).unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(revision(&h), ["1"]);
+    let why = h.service_status("hn").unwrap().pending_reason;
+    assert_eq!(
+        why.as_deref(),
+        Some("host port 8080/tcp is already used by another task")
+    );
+    // With minimumHealthyPercent 0 the old task stops first.
+    h.set(vec![mk("2", 0)]);
+    h.idle(Duration::from_secs(60)).await;
+    assert_eq!(revision(&h), ["2"]);
+    assert_eq!(h.service_status("hn").unwrap().pending_reason, None);
 }
