@@ -671,6 +671,105 @@ async fn authentication_failures(pg: Option<&Postgres>) {
         "{expired}"
     );
 
+    // A signature that does not cover X-Amz-Target: the same signed body
+    // could be sent as another operation.
+    let mut headers = vec![
+        ("Host".to_string(), format!("127.0.0.1:{}", c.port)),
+        (
+            "Content-Type".to_string(),
+            "application/x-amz-json-1.1".to_string(),
+        ),
+    ];
+    dockhand_control::auth::sigv4::sign_headers(
+        "POST",
+        "/",
+        "",
+        &mut headers,
+        body,
+        &c.operator.id,
+        &c.operator.secret,
+        "ecs",
+        "us-east-1",
+        std::time::SystemTime::now(),
+    );
+    headers.push((
+        "X-Amz-Target".to_string(),
+        "AmazonEC2ContainerServiceV20141113.DeleteCluster".to_string(),
+    ));
+    let mut req = String::from("POST / HTTP/1.1\r\n");
+    for (k, v) in &headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut raw = req.into_bytes();
+    raw.extend_from_slice(body);
+    let unsigned_target = support::raw(c.port, &raw, Duration::from_secs(5)).unwrap();
+    assert!(
+        unsigned_target.contains("IncompleteSignatureException")
+            && unsigned_target.contains("x-amz-target"),
+        "{unsigned_target}"
+    );
+
+    // An instance key drains its own host when it shuts down, but cannot
+    // make a host ACTIVE again: all hosts of a cluster share the key, and
+    // any of them could undo an operator's DRAINING.
+    let host = SimAgent::start(
+        &c.endpoint(&c.instance),
+        SimSpec::new(CLUSTER, "i-0perat0rdrained"),
+    )
+    .await
+    .unwrap();
+    let v = c.aws(&[
+        "update-container-instances-state",
+        "--cluster",
+        CLUSTER,
+        "--container-instances",
+        &host.arn(),
+        "--status",
+        "DRAINING",
+    ]);
+    assert_eq!(v["containerInstances"][0]["status"], "DRAINING");
+    let e = c
+        .aws_as(
+            &inst,
+            &[
+                "update-container-instances-state",
+                "--cluster",
+                CLUSTER,
+                "--container-instances",
+                &host.arn(),
+                "--status",
+                "ACTIVE",
+            ],
+        )
+        .unwrap_err();
+    assert!(e.contains("AccessDeniedException"), "{e}");
+    let v = c.aws(&[
+        "describe-container-instances",
+        "--cluster",
+        CLUSTER,
+        "--container-instances",
+        &host.arn(),
+    ]);
+    assert_eq!(v["containerInstances"][0]["status"], "DRAINING");
+
+    // A report sequence beyond what the endpoint stores is refused whole;
+    // stored as the maximum, it made every later report a repeat.
+    let mut conn = sim::Conn::new(&c.endpoint(&c.instance));
+    let e = conn
+        .call(
+            dockhand_model::protocol::REPORT,
+            &json!({"cluster": CLUSTER, "containerInstance": host.arn(), "changes": [
+                {"sequence": u64::MAX, "task": "x", "status": "PENDING", "atMs": 0}]}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "InvalidParameterException", "{e}");
+    assert!(e.message.contains("changes[0].sequence"), "{e}");
+
     // Nothing changed: both clusters are there, and ACTIVE.
     let v = c.aws(&["describe-clusters", "--clusters", CLUSTER, "other"]);
     let status: Vec<&str> = v["clusters"]

@@ -367,6 +367,21 @@ pub async fn report(ctl: &Control, caller: &Caller, body: &Value) -> ApiResult {
             "changes: at most {MAX_REPORT_BATCH} per call"
         )));
     }
+    // The instance's applied sequence is stored as a signed 64-bit
+    // number: one beyond it would be stored as the maximum, and every
+    // later report skipped as a repeat while still acknowledged.
+    if let Some((i, ch)) = req
+        .changes
+        .iter()
+        .enumerate()
+        .find(|(_, ch)| i64::try_from(ch.sequence).is_err())
+    {
+        return Err(ApiError::invalid(format!(
+            "changes[{i}].sequence: {} is beyond {}",
+            ch.sequence,
+            i64::MAX
+        )));
+    }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let pending = PendingReport {
         caller: caller.clone(),

@@ -145,6 +145,13 @@ pub async fn register(ctl: &Control, caller: &Caller, body: &Value) -> ApiResult
                 i.status_reason = None;
                 i.drained_by_agent = false;
             }
+            // A registering agent numbers its reports on from its own data
+            // directory, which may be new (a replaced disk, a wiped
+            // directory): its sequences start over, and those at or below
+            // the old agent's would be skipped as repeats. What it sends
+            // again after registering was not acknowledged, so it was not
+            // applied, or was and is the same state again.
+            i.report_seq = 0;
             i
         }
         None => {
@@ -357,6 +364,15 @@ pub async fn update_state(ctl: &Control, caller: &Caller, body: &Value) -> ApiRe
     require_cluster(ctl, &cluster).await?;
     if !["ACTIVE", "DRAINING"].contains(&req.status.as_str()) {
         return Err(ApiError::invalid("status must be ACTIVE or DRAINING"));
+    }
+    // An agent drains its host when it shuts down, and its registration
+    // makes it ACTIVE again; ACTIVE by an instance key would let any host
+    // of the cluster (they share the key) undo an operator's DRAINING.
+    if !caller.is_operator() && req.status != "DRAINING" {
+        return Err(ApiError::access_denied(format!(
+            "User: {} may only set DRAINING: an instance key cannot make a container instance ACTIVE",
+            caller.name()
+        )));
     }
     if req.container_instances.is_empty() || req.container_instances.len() > 10 {
         return Err(ApiError::invalid("containerInstances: 1-10 instances"));

@@ -61,6 +61,24 @@ pub fn authenticate(
         status: e.http_status(),
     };
     let claim = sigv4::parse(req).map_err(as_api)?;
+    // The operation is a header: unsigned, one signed request could be
+    // replayed as another operation on the same body (ListServices as
+    // DeleteCluster) for as long as the signature is current.
+    let has_target = req
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("x-amz-target"));
+    if has_target
+        && !claim
+            .signed_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("x-amz-target"))
+    {
+        return Err(ApiError::new(
+            "IncompleteSignatureException",
+            "The request signature does not sign the X-Amz-Target header: SignedHeaders must include x-amz-target.",
+        ));
+    }
     let Some(key) = creds.find(&claim.access_key) else {
         return Err(ApiError::new(
             "UnrecognizedClientException",
