@@ -153,8 +153,15 @@ pub(crate) fn set_forwarded(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if client.tls { "https" } else { "http" }),
     );
-    if let Some(h) = host {
-        headers.insert(X_FORWARDED_HOST, h.clone());
+    // Replaced, or removed when there is no host to name: a client's own
+    // would otherwise reach the task as this proxy's word.
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&client.local.port().to_string()) {
         headers.insert(X_FORWARDED_PORT, v);
@@ -283,6 +290,19 @@ pub(crate) async fn handle(
         let mut r = text(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             format!("dockhand: request line and headers exceed {limit} bytes\n"),
+        );
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without a Host, or with more
+    // than one, is refused (routing reads the first, the task might read
+    // the second).
+    let hosts = req.headers().get_all(HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+        let mut r = text(
+            StatusCode::BAD_REQUEST,
+            "dockhand: an HTTP/1.1 request needs exactly one Host header\n".into(),
         );
         r.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -644,6 +664,14 @@ fn finish(
     }
     if let Sender::H1(sender) = sender {
         backend.checkin(sender);
+    }
+    // The body is framed by its coding, which goes with the hop: a length
+    // sent beside it would frame the client's copy wrongly (RFC 9112 §6.3).
+    if response
+        .headers()
+        .contains_key(hyper::header::TRANSFER_ENCODING)
+    {
+        response.headers_mut().remove(hyper::header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(response.headers_mut(), false);
     response.map(|inner| {

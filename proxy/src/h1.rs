@@ -425,6 +425,9 @@ struct Framing<'h> {
     body: BodyEnd,
     reusable: bool,
     named: Option<Vec<&'h [u8]>>,
+    /// A `Transfer-Encoding` came with a `Content-Length`: the coding
+    /// frames the body, and the length is not passed on (RFC 9112 §6.3).
+    drop_length: bool,
 }
 
 /// Parses a response head: `Ok(None)` when incomplete.
@@ -454,7 +457,10 @@ fn framing<'b>(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut other_coding = false;
-    let mut reusable = version == 1;
+    // HTTP/1.1 keeps the connection unless `close`; HTTP/1.0 only with
+    // `keep-alive`, and `close` wins over it too.
+    let mut keep_alive = version == 1;
+    let mut close = false;
     let mut named: Option<Vec<&[u8]>> = None;
     for h in headers {
         let n = h.name;
@@ -472,15 +478,17 @@ fn framing<'b>(
             for token in h.value.split(|&b| b == b',') {
                 let t = token.trim_ascii();
                 if t.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
+                    close = true;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    reusable |= version == 0;
+                    keep_alive = true;
                 } else if !t.is_empty() {
                     named.get_or_insert_with(Vec::new).push(t);
                 }
             }
         }
     }
+    let mut reusable = keep_alive && !close;
+    let drop_length = (chunked || other_coding) && length.is_some();
     let body = if request_was_head || (100..200).contains(&status) || status == 204 || status == 304
     {
         BodyEnd::None
@@ -499,6 +507,7 @@ fn framing<'b>(
         body,
         reusable,
         named,
+        drop_length,
     })
 }
 
@@ -549,10 +558,10 @@ fn with_head<T>(
         reusable: f.reusable,
     };
     let keep_chunked = http1_client && f.body == BodyEnd::Chunked;
-    let mut headers = resp
-        .headers
-        .iter()
-        .filter(|h| !hop_response_header(h.name, keep_chunked, &f.named));
+    let mut headers = resp.headers.iter().filter(|h| {
+        !hop_response_header(h.name, keep_chunked, &f.named)
+            && !(f.drop_length && eq(h.name, "content-length"))
+    });
     let kept = pass(&head, resp.reason.unwrap_or(""), &mut headers)?;
     Ok(Some((head, kept)))
 }
@@ -735,6 +744,27 @@ impl Chunked {
 mod tests {
     use super::*;
     use crate::route::RouteSpec;
+
+    #[test]
+    fn close_wins_over_keep_alive_and_a_coding_over_a_length() {
+        let header = |name, value: &'static [u8]| httparse::Header { name, value };
+        let both = [header("Connection", b"close, keep-alive")];
+        assert!(!framing(0, 200, &both, false).unwrap().reusable);
+        assert!(!framing(1, 200, &both, false).unwrap().reusable);
+        let kept = [
+            header("Connection", b"keep-alive"),
+            header("Content-Length", b"2"),
+        ];
+        assert!(framing(0, 200, &kept, false).unwrap().reusable);
+        assert!(!framing(0, 200, &kept[1..], false).unwrap().reusable);
+        let coded = [
+            header("Content-Length", b"3"),
+            header("Transfer-Encoding", b"chunked"),
+        ];
+        let f = framing(1, 200, &coded, false).unwrap();
+        assert_eq!((f.body, f.drop_length), (BodyEnd::Chunked, true));
+        assert!(!framing(1, 200, &coded[..1], false).unwrap().drop_length);
+    }
 
     fn client() -> ClientInfo {
         ClientInfo {

@@ -254,6 +254,18 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<u16>, usize)> {
             vec![400],
             0,
         ),
+        (
+            "HTTP/1.1 without Host, with its own X-Forwarded-Host",
+            b"GET / HTTP/1.1\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n".to_vec(),
+            vec![400],
+            0,
+        ),
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_vec(),
+            vec![400],
+            0,
+        ),
         ("header without a colon", b"GET / HTTP/1.1\r\nHost: x\r\nBroken\r\n\r\n".to_vec(), vec![400], 0),
         ("space before the colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(), vec![400], 0),
         (
@@ -333,6 +345,70 @@ async fn hostile_requests_get_clean_answers_and_nothing_is_smuggled() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A task answering every request with a chunked body that also carries
+/// a wrong `Content-Length`, on kept-alive connections.
+async fn length_and_chunked_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // A request: its head, and an empty chunked body if any.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let mut used = end + 4;
+                    if head.contains("transfer-encoding: chunked") {
+                        while !buf[used..].starts_with(b"0\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        used += 5;
+                    }
+                    buf.drain(..used);
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_length_and_chunked_is_passed_on_chunked_without_the_length() {
+    let backend = length_and_chunked_backend().await;
+    let (port, _proxy) =
+        serve_proxy(Settings::default(), backend, Duration::from_millis(200)).await;
+    // The fast path (a GET), then hyper's (a chunked upload).
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    ] {
+        let answer = send(port, request.to_vec()).await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert_eq!(status(&answer), 200, "{answer}");
+        assert!(
+            !head.to_ascii_lowercase().contains("content-length"),
+            "the length went on beside the coding: {head}"
+        );
+        assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n", "{answer}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
