@@ -100,7 +100,15 @@ async fn run<S: Client>(
     let signaled = watch.clone().signaled();
     tokio::pin!(signaled);
     let mut release = None;
+    // Where the end of the head in `cbuf` is looked for next (`None`: it
+    // has arrived), so that a head sent a byte at a time is scanned once,
+    // not parsed again on every read.
+    let mut head_scan: Option<usize> = Some(0);
     loop {
+        // The idle wait is for a request's first byte; from there the
+        // whole head has the idle timeout, however it trickles in (as
+        // hyper's header_read_timeout on the other path).
+        let mut head_timed = false;
         let prep = loop {
             if h2c && !cbuf.is_empty() {
                 if cbuf.starts_with(H2_PREFACE) {
@@ -113,7 +121,14 @@ async fn run<S: Client>(
             }
             // (Until the preface is whole or ruled out, nothing is parsed.)
             let preface_pending = h2c && cbuf.len() < H2_PREFACE.len();
-            if !(cbuf.is_empty() || preface_pending) {
+            // Parsed as soon as the head's end is in, and on its first
+            // bytes (so that what is not HTTP at all is answered at once)
+            // and past the head limit (the 431).
+            let first = head_scan == Some(0);
+            let parse = head_arrived(&cbuf, &mut head_scan)
+                || first
+                || cbuf.len() >= limits.max_header_bytes;
+            if !(cbuf.is_empty() || preface_pending) && parse {
                 let table = inner.table();
                 match h1::prepare(&cbuf, &limits, &client, &table, &mut request) {
                     Prep::Partial => {}
@@ -123,12 +138,17 @@ async fn run<S: Client>(
             if cbuf.capacity() - cbuf.len() < 1024 {
                 cbuf.reserve(CLIENT_BUF);
             }
-            let wait = if release.is_some() {
-                CLOSE_LINGER
-            } else {
-                idle
-            };
-            deadline.set(Instant::now() + wait);
+            if cbuf.is_empty() {
+                let wait = if release.is_some() {
+                    CLOSE_LINGER
+                } else {
+                    idle
+                };
+                deadline.set(Instant::now() + wait);
+            } else if !head_timed {
+                head_timed = true;
+                deadline.set(Instant::now() + idle);
+            }
             tokio::select! {
                 biased;
                 r = stream.read_buf(&mut cbuf) => match r {
@@ -190,6 +210,7 @@ async fn run<S: Client>(
                 };
                 local.record(inner.log(), head);
                 cbuf.advance(consumed);
+                head_scan = Some(0);
                 if !sent || close {
                     return None;
                 }
@@ -234,6 +255,7 @@ async fn run<S: Client>(
                     }
                 }
                 cbuf.advance(f.consumed);
+                head_scan = Some(0);
                 if !done.keep {
                     return None;
                 }
@@ -244,6 +266,29 @@ async fn run<S: Client>(
             return Some(stream);
         }
     }
+}
+
+/// Whether the end of a request head (an empty line, CRLF or bare LF) is
+/// in `buf`, looking from `*scan` on and remembering how far it looked.
+/// Once it is, true until `*scan` is reset for the next request (the body
+/// after the head may still be arriving).
+fn head_arrived(buf: &[u8], scan: &mut Option<usize>) -> bool {
+    let Some(from) = *scan else {
+        return true;
+    };
+    let mut i = from.min(buf.len());
+    while let Some(n) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + n;
+        let before = &buf[..at];
+        if before.ends_with(b"\n") || before.ends_with(b"\n\r") {
+            *scan = None;
+            return true;
+        }
+        i = at + 1;
+    }
+    // The next look starts before the last 2 bytes: an end may straddle.
+    *scan = Some(buf.len().saturating_sub(2));
+    false
 }
 
 /// An answer the proxy gave itself (health, redirect, no route).
@@ -656,6 +701,22 @@ mod tests {
         let mut body = chunk.repeat(n);
         body.extend_from_slice(b"0\r\n\r\n");
         body
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_once_whatever_the_pieces() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 0..=head.len() {
+            let mut scan = Some(0);
+            let first = head_arrived(&head[..split], &mut scan);
+            assert_eq!(first, split == head.len(), "at {split}");
+            assert!(head_arrived(head, &mut scan), "at {split}");
+        }
+        let mut scan = Some(0);
+        assert!(head_arrived(b"GET / HTTP/1.1\nHost: x\n\n", &mut scan));
+        let mut scan = Some(0);
+        assert!(!head_arrived(b"GET / HTTP/1.1\r\nHost: x\r\n", &mut scan));
+        assert_eq!(scan, Some(b"GET / HTTP/1.1\r\nHost: x\r\n".len() - 2));
     }
 
     #[tokio::test]

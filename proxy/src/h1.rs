@@ -324,7 +324,8 @@ pub(crate) fn prepare(
         consumed,
         route: Arc::clone(found.route),
         algorithm: found.algorithm,
-        idempotent: idempotent(method),
+        // As on hyper's path: only a request without a body is sent again.
+        idempotent: idempotent(method) && consumed == head_len,
         head: method == "HEAD",
         close,
     })
@@ -819,6 +820,17 @@ mod tests {
         let Prep::Forward(f) = p else { panic!("{p:?}") };
         assert!(!f.idempotent);
         assert!(out.ends_with("\r\n\r\nhello"), "{out}");
+        // A PUT with a body is not sent twice either (a PUT without is).
+        let raw = b"PUT / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello";
+        let Prep::Forward(f) = prep(raw).0 else {
+            panic!()
+        };
+        assert!(!f.idempotent);
+        let raw = b"PUT / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n\r\n";
+        let Prep::Forward(f) = prep(raw).0 else {
+            panic!()
+        };
+        assert!(f.idempotent);
     }
 
     #[test]

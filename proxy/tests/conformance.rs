@@ -347,6 +347,39 @@ async fn hostile_requests_get_clean_answers_and_nothing_is_smuggled() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_sent_a_byte_at_a_time_has_the_idle_timeout_in_all() {
+    let (backend, seen) = backend().await;
+    let settings = Settings {
+        idle_timeout: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let (port, _proxy) = serve_proxy(settings, backend, Duration::from_millis(200)).await;
+    let cut_after = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let started = std::time::Instant::now();
+        // Each byte well within the idle timeout of the one before.
+        for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+            if s.write_all(&[*b]).is_err() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        (!String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")).then(|| started.elapsed())
+    })
+    .await
+    .unwrap();
+    let cut_after = cut_after.expect("the whole head was sent over 11 s and answered");
+    assert!(
+        cut_after < Duration::from_secs(4),
+        "cut after {cut_after:?}"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "nothing reached the task");
+}
+
 /// A task answering every request with a chunked body that also carries
 /// a wrong `Content-Length`, on kept-alive connections.
 async fn length_and_chunked_backend() -> SocketAddr {
