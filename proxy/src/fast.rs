@@ -403,7 +403,12 @@ impl Exchange<'_> {
             } => return self.text(client, answer, status, reason, &body).await,
         };
         let close = close || head.body == BodyEnd::Close;
-        let relayed = relay(client, &mut up, head.body, answer).await;
+        let stall = Stall {
+            deadline,
+            read: inner.settings.response_timeout,
+            write: inner.settings.idle_timeout,
+        };
+        let relayed = relay(client, &mut up, head.body, answer, stall).await;
         drop(in_flight);
         let (keep, bytes) = match relayed {
             Ok(n) => {
@@ -470,6 +475,40 @@ async fn fill(up: &mut Upstream, want: u64) -> Result<(), RelayError> {
     }
 }
 
+/// How long a relay waits for the task's next bytes (the response
+/// timeout), and for the client to take the last ones (the idle timeout):
+/// past that, the answer is given up, the task's fault or the client's,
+/// instead of holding both connections for ever. One deadline, the
+/// connection's, set as the relay goes.
+struct Stall<'d> {
+    deadline: &'d mut Deadline,
+    read: std::time::Duration,
+    write: std::time::Duration,
+}
+
+impl Stall<'_> {
+    async fn fill(&mut self, up: &mut Upstream, want: u64) -> Result<(), RelayError> {
+        self.deadline.set(Instant::now() + self.read);
+        tokio::select! {
+            biased;
+            r = fill(up, want) => r,
+            () = self.deadline.passed() => Err(RelayError::Task),
+        }
+    }
+
+    async fn write(
+        &mut self,
+        write: impl std::future::Future<Output = std::io::Result<()>>,
+    ) -> std::io::Result<()> {
+        self.deadline.set(Instant::now() + self.write);
+        tokio::select! {
+            biased;
+            r = write => r,
+            () = self.deadline.passed() => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
 /// Writes the response head in `answer` and the body after it, as the task
 /// sends it. The head and the body bytes already read go in one write.
 async fn relay<S: Client>(
@@ -477,12 +516,16 @@ async fn relay<S: Client>(
     up: &mut Upstream,
     body: BodyEnd,
     answer: &[u8],
+    mut stall: Stall<'_>,
 ) -> Result<u64, RelayError> {
-    let sent = relay_body(client, up, body, answer).await?;
+    let sent = relay_body(client, up, body, answer, &mut stall).await?;
     // TLS keeps what it could not send yet: push it out now.
-    client.flush().await.map_err(|_| RelayError::Client {
-        rest: Rest::Length(0),
-    })?;
+    stall
+        .write(client.flush())
+        .await
+        .map_err(|_| RelayError::Client {
+            rest: Rest::Length(0),
+        })?;
     Ok(sent)
 }
 
@@ -492,23 +535,28 @@ async fn relay_body<S: Client>(
     up: &mut Upstream,
     body: BodyEnd,
     answer: &[u8],
+    stall: &mut Stall<'_>,
 ) -> Result<u64, RelayError> {
     // If the client is gone: what the task has still to send, once the
     // bytes just taken from the buffer are counted.
     let gone = |r: std::io::Result<()>, rest: Rest| r.map_err(|_| RelayError::Client { rest });
     match body {
-        BodyEnd::None => gone(client.write_all(answer).await, Rest::Length(0)).map(|()| 0),
+        BodyEnd::None => {
+            gone(stall.write(client.write_all(answer)).await, Rest::Length(0)).map(|()| 0)
+        }
         BodyEnd::Length(length) => {
             let mut left = length;
             let take = left.min(up.buf.len() as u64) as usize;
-            let written = write_two(client, answer, &up.buf[..take]).await;
+            let written = stall
+                .write(write_two(client, answer, &up.buf[..take]))
+                .await;
             up.buf.advance(take);
             left -= take as u64;
             gone(written, Rest::Length(left))?;
             while left > 0 {
-                fill(up, left).await?;
+                stall.fill(up, left).await?;
                 let take = left.min(up.buf.len() as u64) as usize;
-                let written = client.write_all(&up.buf[..take]).await;
+                let written = stall.write(client.write_all(&up.buf[..take])).await;
                 up.buf.advance(take);
                 left -= take as u64;
                 gone(written, Rest::Length(left))?;
@@ -519,13 +567,15 @@ async fn relay_body<S: Client>(
             let mut framing = Chunked::new();
             let take = framing.feed(&up.buf).map_err(|_| RelayError::Task)?;
             let mut sent = take as u64;
-            let written = write_two(client, answer, &up.buf[..take]).await;
+            let written = stall
+                .write(write_two(client, answer, &up.buf[..take]))
+                .await;
             up.buf.advance(take);
             gone(written, Rest::Chunked(framing))?;
             while !framing.done() {
-                fill(up, framing.left()).await?;
+                stall.fill(up, framing.left()).await?;
                 let take = framing.feed(&up.buf).map_err(|_| RelayError::Task)?;
-                let written = client.write_all(&up.buf[..take]).await;
+                let written = stall.write(client.write_all(&up.buf[..take])).await;
                 up.buf.advance(take);
                 gone(written, Rest::Chunked(framing))?;
                 sent += take as u64;
@@ -534,14 +584,21 @@ async fn relay_body<S: Client>(
         }
         BodyEnd::Close => {
             let mut sent = up.buf.len() as u64;
-            gone(write_two(client, answer, &up.buf).await, Rest::Unknown)?;
+            gone(
+                stall.write(write_two(client, answer, &up.buf)).await,
+                Rest::Unknown,
+            )?;
             up.buf.clear();
             loop {
-                if fill(up, MAX_READ as u64).await.is_err() {
-                    return Ok(sent); // the end of the body
+                match stall.fill(up, MAX_READ as u64).await {
+                    Ok(()) => {}
+                    // The end of the body (the task closed), or a task
+                    // silent past the response timeout: the client's
+                    // connection closes either way.
+                    Err(_) => return Ok(sent),
                 }
                 sent += up.buf.len() as u64;
-                gone(client.write_all(&up.buf).await, Rest::Unknown)?;
+                gone(stall.write(client.write_all(&up.buf)).await, Rest::Unknown)?;
                 up.buf.clear();
             }
         }

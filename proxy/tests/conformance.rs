@@ -380,6 +380,77 @@ async fn a_head_sent_a_byte_at_a_time_has_the_idle_timeout_in_all() {
     assert!(seen.lock().unwrap().is_empty(), "nothing reached the task");
 }
 
+/// A task whose answers to anything but `/health` stop after 3 bytes of a
+/// 10-byte body, and never end.
+async fn stalling_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let health = buf.starts_with(b"GET /health ");
+                    buf.drain(..end + 4);
+                    if health {
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                        .await;
+                    // And nothing more, until the proxy gives up.
+                    let _ = s.read(&mut chunk).await;
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_stalls_mid_body_is_given_up_after_the_response_timeout() {
+    let backend = stalling_backend().await;
+    let settings = Settings {
+        response_timeout: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let (port, _proxy) = serve_proxy(settings, backend, Duration::from_millis(200)).await;
+    let (answer, took) = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = std::time::Instant::now();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            started.elapsed(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(answer.ends_with("\r\n\r\nabc"), "{answer}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the client's connection was held {took:?}"
+    );
+}
+
 /// A task answering every request with a chunked body that also carries
 /// a wrong `Content-Length`, on kept-alive connections.
 async fn length_and_chunked_backend() -> SocketAddr {
