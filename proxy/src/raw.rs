@@ -92,6 +92,8 @@ pub(crate) async fn forward(
                     reusable: head.reusable,
                     backend,
                     in_flight: Some(in_flight),
+                    pause: inner.settings.response_timeout,
+                    paused: None,
                 }
                 .boxed(),
             );
@@ -117,6 +119,11 @@ struct RawBody {
     reusable: bool,
     backend: Arc<Backend>,
     in_flight: Option<InFlight>,
+    /// The longest the task may pause mid-body (the response timeout),
+    /// and the timer of the pause under way, made when the body first
+    /// waits on the task (an answer that arrives whole makes none).
+    pause: std::time::Duration,
+    paused: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug)]
@@ -219,8 +226,25 @@ impl RawBody {
                 }
             };
             match self.fill(cx, want) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(true)) => {}
+                Poll::Pending => {
+                    let pause = self.pause;
+                    let timer = self
+                        .paused
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+                    if std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+                        self.up = None;
+                        return Poll::Ready(Some(Err(Box::new(TaskFailed(
+                            "the task paused mid-body longer than the response timeout",
+                        )))));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(true)) => {
+                    // Bytes came: the next pause is timed from now.
+                    if let Some(timer) = self.paused.as_mut() {
+                        timer.as_mut().reset(Instant::now() + self.pause);
+                    }
+                }
                 Poll::Ready(Ok(false)) if self.end == BodyEnd::Close => {
                     self.done();
                     return Poll::Ready(None);

@@ -451,6 +451,43 @@ async fn an_answer_that_stalls_mid_body_is_given_up_after_the_response_timeout()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_answer_that_stalls_mid_body_is_reset_after_the_response_timeout() {
+    let backend = stalling_backend().await;
+    let settings = Settings {
+        h2c: true,
+        response_timeout: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let (port, _proxy) = serve_proxy(settings, backend, Duration::from_millis(200)).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(format!("http://127.0.0.1:{port}/big"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = send.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), r.into_body().collect()).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(body, Ok(Err(_))),
+        "the stream ends in an error, not a short body or a wait: {body:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the stream was held {took:?}"
+    );
+}
+
 /// A task answering every request with a chunked body that also carries
 /// a wrong `Content-Length`, on kept-alive connections.
 async fn length_and_chunked_backend() -> SocketAddr {
