@@ -381,8 +381,9 @@ async fn a_head_sent_a_byte_at_a_time_has_the_idle_timeout_in_all() {
 }
 
 /// A task whose answers to anything but `/health` stop after 3 bytes of a
-/// 10-byte body, and never end.
-async fn stalling_backend() -> SocketAddr {
+/// 10-byte body, and never end (`cut`: the task closes the connection
+/// there).
+async fn stalling_backend(cut: bool) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -412,7 +413,9 @@ async fn stalling_backend() -> SocketAddr {
                         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
                         .await;
                     // And nothing more, until the proxy gives up.
-                    let _ = s.read(&mut chunk).await;
+                    if !cut {
+                        let _ = s.read(&mut chunk).await;
+                    }
                     return;
                 }
             });
@@ -423,7 +426,7 @@ async fn stalling_backend() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_that_stalls_mid_body_is_given_up_after_the_response_timeout() {
-    let backend = stalling_backend().await;
+    let backend = stalling_backend(false).await;
     let settings = Settings {
         response_timeout: Duration::from_secs(1),
         ..Settings::default()
@@ -453,7 +456,7 @@ async fn an_answer_that_stalls_mid_body_is_given_up_after_the_response_timeout()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_answer_that_stalls_mid_body_is_reset_after_the_response_timeout() {
-    let backend = stalling_backend().await;
+    let backend = stalling_backend(false).await;
     let settings = Settings {
         h2c: true,
         response_timeout: Duration::from_secs(1),
@@ -486,6 +489,57 @@ async fn an_h2_answer_that_stalls_mid_body_is_reset_after_the_response_timeout()
         took < Duration::from_secs(5),
         "the stream was held {took:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_a_task_cuts_short_do_not_count_as_the_h2_clients_resets() {
+    let backend = stalling_backend(true).await;
+    let settings = Settings {
+        h2c: true,
+        ..Settings::default()
+    };
+    let (port, _proxy) = serve_proxy(settings, backend, Duration::from_millis(200)).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // More broken answers in a second than the rapid-reset cap (200): each
+    // stream is reset by the proxy (INTERNAL_ERROR), none by the client.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let mut send = send.clone();
+        calls.spawn(async move {
+            let req = hyper::Request::builder()
+                .uri(format!("http://127.0.0.1:{port}/big"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            match send.send_request(req).await {
+                Ok(r) => r.into_body().collect().await.is_err(),
+                Err(_) => false,
+            }
+        });
+    }
+    let mut reset = 0;
+    while let Some(r) = calls.join_next().await {
+        reset += usize::from(r.unwrap());
+    }
+    assert_eq!(reset, 300, "every stream answered, then reset mid-body");
+    // The connection still serves: the task's health path answers whole.
+    let req = hyper::Request::builder()
+        .uri(format!("http://127.0.0.1:{port}/health"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send
+        .clone()
+        .send_request(req)
+        .await
+        .expect("the connection is still open");
+    assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "ok");
 }
 
 /// A task answering every request with a chunked body that also carries

@@ -1255,6 +1255,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         self.remove(id, "the stream was reset");
     }
 
+    /// Resets a stream for a cause on this side (its task's answer failed,
+    /// or stalled): not counted against the client, whose other streams a
+    /// crashing task would otherwise take down with an ENHANCE_YOUR_CALM.
+    fn reset_ours(&mut self, id: u32, reason: Reason) {
+        frame::put_rst(&mut self.wbuf, id, reason);
+        self.remove(id, "the stream was reset");
+    }
+
     /// Forgets a stream: its request future and body are dropped, and a
     /// reader of its request body learns that it failed.
     fn remove(&mut self, id: u32, why: &'static str) {
@@ -1330,7 +1338,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             .collect();
         for id in stalled {
             tracing::debug!(peer = %self.client.peer, stream = id, "HTTP/2 stream stalled on its window; reset");
-            self.reset(id, Reason::Cancel);
+            // (After the idle timeout: too slow to be a way to reset fast.)
+            self.reset_ours(id, Reason::Cancel);
         }
     }
 
@@ -1446,7 +1455,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(peer = %self.client.peer, stream = id, cause = %e, "an HTTP/2 answer's body failed");
-                    self.reset(id, Reason::Internal);
+                    self.reset_ours(id, Reason::Internal);
                     return;
                 }
                 Poll::Ready(Some(Ok(f))) => match f.into_data() {
