@@ -1407,6 +1407,35 @@ async fn broken_h2_connections_get_goaway_with_the_rfc_code_and_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_of_padding_gets_its_stream_window_back() {
+    let (f, authority) = h2c_front(Settings::default()).await;
+    let mut post = vec![0x83, 0x86];
+    // A task that never reads the body (nor answers, for 30 s).
+    post.extend(literal(":path", "/stall"));
+    post.extend(literal(":authority", &authority));
+    let mut frames = h2_frame(4, 0, 0, &[]);
+    frames.extend(h2_frame(HEADERS, END_HEADERS, 1, &post));
+    // 2,100 DATA frames of 255 bytes of padding and no data: 537,600 bytes
+    // of the stream's 1 MiB window, which no reader ever takes.
+    let mut padded = vec![255u8];
+    padded.extend([0u8; 255]);
+    for _ in 0..2_100 {
+        frames.extend(h2_frame(0, 0x8, 1, &padded));
+    }
+    let mut c = raw_h2c(f.plain, &frames).await;
+    loop {
+        let update = frame_of(&mut c, 8)
+            .await
+            .expect("the connection stays open");
+        if update.2 == 1 {
+            let n = u32::from_be_bytes(update.3[..4].try_into().unwrap());
+            assert!(n >= 512 * 1024, "{n}");
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_h2_request_resets_its_stream_and_the_connection_serves_on() {
     let settings = Settings {
         h2_max_streams: 2,

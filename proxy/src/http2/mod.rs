@@ -890,8 +890,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             return Ok(0);
         }
         s.received += data.len() as u64;
-        // Padding is stream window the body never takes: given back with it.
+        // Padding is stream window the body never takes: given back with
+        // what the body takes, or now when it adds up (frames of padding
+        // only would otherwise use the window up for good).
         s.unreleased += len - data.len() as i64;
+        if s.unreleased >= STREAM_WINDOW / 2 && !end {
+            frame::put_window_update(&mut self.wbuf, id, s.unreleased as u32);
+            s.recv_window += s.unreleased;
+            s.unreleased = 0;
+        }
         let over = s.expect.is_some_and(|n| s.received > n);
         let short = end && s.expect.is_some_and(|n| s.received != n);
         if over || short {
