@@ -299,10 +299,14 @@ pub(crate) async fn handle(
     // than one, is refused (routing reads the first, the task might read
     // the second).
     let hosts = req.headers().get_all(HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+    let valid = req
+        .headers()
+        .get(HOST)
+        .is_none_or(|h| crate::h1::valid_host(h.as_bytes()));
+    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) || !valid {
         let mut r = text(
             StatusCode::BAD_REQUEST,
-            "dockhand: an HTTP/1.1 request needs exactly one Host header\n".into(),
+            "dockhand: a request needs exactly one Host header (HTTP/1.1), naming a host and at most a port\n".into(),
         );
         r.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));

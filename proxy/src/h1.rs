@@ -162,6 +162,42 @@ pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// Whether a `Host` (or `:authority`) is a host and an optional port
+/// (RFC 9110 §7.2, RFC 3986 §3.2.2): a name or IPv4 address, or an IP
+/// literal in brackets. No user info (`@`), path, query, fragment, space
+/// or anything outside ASCII: routing reads the host up to the port, and
+/// a task reading `victim:1@evil` its own way must not see another host
+/// than the one routed on. Empty is allowed (RFC 9112 §3.2).
+pub(crate) fn valid_host(raw: &[u8]) -> bool {
+    let (host, port) = if raw.first() == Some(&b'[') {
+        let Some(end) = raw.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &raw[1..end];
+        let literal = !inside.is_empty()
+            && inside
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        if !literal {
+            return false;
+        }
+        match &raw[end + 1..] {
+            [] => (&raw[..0], None),
+            [b':', port @ ..] => (&raw[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match raw.iter().position(|&b| b == b':') {
+            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+            None => (raw, None),
+        }
+    };
+    let name = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+    name && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+}
+
 /// The host a request is for, lower case, without the port.
 pub(crate) fn host_key(raw: &str) -> std::borrow::Cow<'_, str> {
     let without_port = if raw.starts_with('[') {
@@ -244,7 +280,11 @@ pub(crate) fn prepare(
             return Prep::Fallback;
         }
     }
-    let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+    // (An invalid host is the full server's 400.)
+    let Some(host) = host
+        .filter(|h| valid_host(h))
+        .and_then(|h| std::str::from_utf8(h).ok())
+    else {
         return Prep::Fallback;
     };
     let body = match length {
@@ -745,6 +785,37 @@ impl Chunked {
 mod tests {
     use super::*;
     use crate::route::RouteSpec;
+
+    #[test]
+    fn a_host_is_a_name_or_address_and_a_port_only() {
+        for ok in [
+            &b"example.com"[..],
+            b"Example.COM:8080",
+            b"10.1.2.3:80",
+            b"[::1]",
+            b"[2001:db8::1]:443",
+            b"",
+            b"a_b.example",
+        ] {
+            assert!(valid_host(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"victim.example:1@evil.example"[..],
+            b"user@example.com",
+            b"example.com/path",
+            b"example.com?q",
+            b"example.com#f",
+            b"example .com",
+            b"example.com:80:80",
+            b"example.com:http",
+            b"[::1",
+            b"[::1]x",
+            b"[evil.example]",
+            "ex\u{e4}mple.com".as_bytes(),
+        ] {
+            assert!(!valid_host(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn close_wins_over_keep_alive_and_a_coding_over_a_length() {

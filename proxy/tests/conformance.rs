@@ -261,6 +261,12 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Vec<u16>, usize)> {
             0,
         ),
         (
+            "a Host with user info, routed on one host and naming another",
+            b"GET / HTTP/1.1\r\nHost: x:1@evil.example\r\nConnection: close\r\n\r\n".to_vec(),
+            vec![400],
+            0,
+        ),
+        (
             "two Host headers",
             b"GET / HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_vec(),
             vec![400],
