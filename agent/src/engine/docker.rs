@@ -105,7 +105,18 @@ impl Engine for DockerEngine {
     async fn stop(&self, id: &str, timeout: Duration) -> Result<(), EngineError> {
         let t = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
         let options = StopContainerOptionsBuilder::default().t(t).build();
-        match self.docker.stop_container(id, Some(options)).await {
+        // The engine answers once the container is gone: after up to the
+        // stop timeout, then the kill. The client's own limit (120 s) would
+        // give up first on a longer stop timeout, and the next pass would
+        // send a second SIGTERM, which many programs take as "quit now".
+        let docker = self.docker.clone();
+        let longest = timeout.saturating_add(Duration::from_secs(30));
+        let docker = if longest > docker.timeout() {
+            docker.with_timeout(longest)
+        } else {
+            docker
+        };
+        match docker.stop_container(id, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is(&e, 304) || is(&e, 404) => Ok(()),
             Err(e) => Err(api(e)),
