@@ -473,13 +473,6 @@ fn managed_of(resp: &PollResponse) -> Managed {
                 tracing::warn!(task = %t.task_arn, "the control endpoint sent a task whose id cannot name a container; left out");
                 return None;
             }
-            // The endpoint validated it at registration; an endpoint of
-            // another version (or not ours) may not have.
-            if let Err(errors) = t.task_definition.validate("taskDefinition") {
-                let first = errors.first().map(ToString::to_string).unwrap_or_default();
-                tracing::warn!(task = %t.task_arn, "the control endpoint sent a task definition this agent cannot run ({first}); left out");
-                return None;
-            }
             let service = t
                 .service
                 .clone()

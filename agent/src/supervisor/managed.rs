@@ -69,6 +69,17 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             {
                 continue;
             }
+            // The endpoint validated it at registration; one of another
+            // version may not have, and launching assumes it. Not started
+            // (and, running, not stopped: it is only never launched here).
+            if let Err(errors) = t.task_definition.validate("taskDefinition") {
+                let first = errors.first().map(ToString::to_string).unwrap_or_default();
+                unplaceable.insert(
+                    t.service.clone(),
+                    format!("task {} cannot start here: its task definition is not valid for this agent: {first}", short(id)),
+                );
+                continue;
+            }
             let digest = t.task_definition.digest();
             if let Err(why) = self.start_task_as(
                 &launch_spec(t),

@@ -268,6 +268,33 @@ impl Harness {
         }
     }
 
+    /// Managed mode: `tasks` (id, running, definition) are the control
+    /// endpoint's desired set, all of service `web`.
+    pub fn set_managed(&self, tasks: &[(&str, bool, dockhand_model::TaskDefinition)]) {
+        let mut m = crate::desired::Managed {
+            sequence: 1,
+            tasks: std::collections::BTreeMap::new(),
+            services: std::collections::BTreeMap::new(),
+        };
+        for (id, running, td) in tasks {
+            m.tasks.insert(
+                id.to_string(),
+                crate::desired::ManagedTask {
+                    arn: format!("arn:aws:ecs:us-east-1:000000000000:task/test/{id}"),
+                    service: "web".into(),
+                    revision: 1,
+                    task_definition: td.clone(),
+                    running: *running,
+                    stop_reason: None,
+                },
+            );
+        }
+        self.desired.send_replace(DesiredState::Known(Desired {
+            managed: Some(m),
+            ..Desired::default()
+        }));
+    }
+
     pub fn set(&self, services: Vec<ServiceSpec>) {
         let mut d = Desired::default();
         for s in services {

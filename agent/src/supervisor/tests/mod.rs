@@ -843,3 +843,37 @@ async fn a_host_network_rollout_waits_for_the_port_unless_the_old_task_may_stop_
     assert_eq!(revision(&h), ["2"]);
     assert_eq!(h.service_status("hn").unwrap().pending_reason, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_managed_task_whose_definition_does_not_validate_is_not_started_and_says_why() {
+    let h = Harness::start().await;
+    let good = service("web", 1).task_definition;
+    let mut bad = good.clone();
+    bad.container_definitions.clear();
+    h.set_managed(&[("goodtask", true, good), ("badtask", true, bad)]);
+    h.idle(Duration::from_secs(5)).await;
+    let running: BTreeSet<String> = h.running_tasks("web");
+    assert_eq!(running.into_iter().collect::<Vec<_>>(), ["goodtask"]);
+    let why = h.service_status("web").and_then(|s| s.pending_reason);
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("badtask") && w.contains("not valid")),
+        "{why:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_id_is_shortened_by_characters() {
+    let h = Harness::start().await;
+    // 11 ASCII bytes, then a 2-byte character across byte 12.
+    let id = "aaaaaaaaaaa\u{e9}b";
+    h.set_managed(&[(id, true, service("web", 1).task_definition)]);
+    h.idle(Duration::from_secs(5)).await;
+    let running = h.running("web");
+    assert_eq!(running.len(), 1, "the supervisor runs on");
+    assert!(
+        running[0].spec.name.ends_with("-aaaaaaaaaaa\u{e9}"),
+        "{}",
+        running[0].spec.name
+    );
+}
