@@ -415,8 +415,22 @@ pub const KEYS: &[KeySpec<Config>] = &[
         default: "{}",
         meaning: "JSON map of string attributes, reported at registration",
         apply: |c, v| {
-            c.instance_attributes = serde_json::from_str(v)
+            let map: BTreeMap<String, String> = serde_json::from_str(v)
                 .map_err(|_| format!("expected a JSON object of strings, got {v:?}"))?;
+            // The control endpoint's rules, here, so that `config check`
+            // says it rather than a registration refused for ever.
+            // (Dockhand adds a few of its own at registration.)
+            if map.len() > dockhand_model::instance::Attribute::MAX_PER_INSTANCE - 10 {
+                return Err(format!(
+                    "{} attributes: at most {}",
+                    map.len(),
+                    dockhand_model::instance::Attribute::MAX_PER_INSTANCE - 10
+                ));
+            }
+            for (name, value) in &map {
+                dockhand_model::instance::Attribute::check(name, Some(value))?;
+            }
+            c.instance_attributes = map;
             Ok(())
         },
     },
@@ -914,6 +928,34 @@ mod tests {
         );
         assert!(!shown.iter().any(|s| s.contains("s3cr3t")));
         assert!(parse("ECS_BACKEND_HOST=control:8443\n", &[]).is_err());
+    }
+
+    #[test]
+    fn instance_attributes_follow_the_control_endpoints_rules() {
+        let l = parse(
+            "ECS_INSTANCE_ATTRIBUTES={\"stack\": \"prod\", \"team/a@b\": \"x\"}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(l.config.instance_attributes.len(), 2);
+        let e = parse("\nECS_INSTANCE_ATTRIBUTES={\"bad name\": \"x\"}\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ecs.config:2: ECS_INSTANCE_ATTRIBUTES: attribute \"bad name\""),
+            "{e}"
+        );
+        let long = format!(
+            "ECS_INSTANCE_ATTRIBUTES={{\"a\": \"{}\"}}\n",
+            "v".repeat(129)
+        );
+        assert!(parse(&long, &[]).is_err());
+        let many: Vec<String> = (0..91).map(|i| format!("\"a{i}\": \"v\"")).collect();
+        let many = format!("ECS_INSTANCE_ATTRIBUTES={{{}}}\n", many.join(", "));
+        assert!(parse(&many, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("at most 90"));
     }
 
     #[test]

@@ -67,6 +67,27 @@ impl Attribute {
             target_id: None,
         }
     }
+
+    /// At most this many attributes on one container instance (ECS's
+    /// limit).
+    pub const MAX_PER_INSTANCE: usize = 100;
+
+    /// Whether an attribute is one ECS (and the control endpoint) takes:
+    /// a name of 1-128 letters, digits, `-`, `_`, `.`, `/` or `@`, and a
+    /// value of at most 128 characters. The reason when not.
+    pub fn check(name: &str, value: Option<&str>) -> Result<(), String> {
+        let ok_name = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./@".contains(&b));
+        if !ok_name || value.is_some_and(|v| v.chars().count() > 128) {
+            return Err(format!(
+                "attribute {name:?}: names are 1-128 letters, digits, hyphens, underscores, periods, at signs or slashes; values at most 128 characters"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// ECS's `VersionInfo` of a container instance.

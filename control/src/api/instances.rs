@@ -73,24 +73,14 @@ struct RegisterRequest {
 
 /// Attribute names Dockhand sets itself from the registration.
 fn check_attributes(list: &[Attribute]) -> Result<(), ApiError> {
-    if list.len() > 100 {
+    if list.len() > Attribute::MAX_PER_INSTANCE {
         return Err(ApiError::new(
             "AttributeLimitExceededException",
-            "at most 100 attributes",
+            format!("at most {} attributes", Attribute::MAX_PER_INSTANCE),
         ));
     }
     for a in list {
-        let ok_name = !a.name.is_empty()
-            && a.name.len() <= 128
-            && a.name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./@".contains(&b));
-        if !ok_name || a.value.as_deref().is_some_and(|v| v.len() > 128) {
-            return Err(ApiError::invalid(format!(
-                "attribute {:?}: names are 1-128 letters, digits, hyphens, underscores, periods, at signs or slashes; values at most 128 characters",
-                a.name
-            )));
-        }
+        Attribute::check(&a.name, a.value.as_deref()).map_err(ApiError::invalid)?;
     }
     Ok(())
 }
