@@ -962,6 +962,9 @@ mod tests {
     fn the_articles_user_data_line_works() {
         let l = parse("ECS_CLUSTER=my-ecs-cluster\n", &[]).unwrap();
         assert_eq!(l.config.cluster, "my-ecs-cluster");
+        // Also from a file an editor saved with a byte-order mark.
+        let l = parse("\u{feff}ECS_CLUSTER=my-ecs-cluster\n", &[]).unwrap();
+        assert_eq!(l.config.cluster, "my-ecs-cluster");
         let (_, value, source) = &l.effective[0];
         assert_eq!(value, "my-ecs-cluster");
         assert_eq!(source.to_string(), "/etc/ecs/ecs.config:1");

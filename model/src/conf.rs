@@ -145,6 +145,9 @@ pub fn parse<C>(
     let mut warnings = Vec::new();
     // key -> (value, source); the environment overrides the file.
     let mut chosen: BTreeMap<String, (String, Source)> = BTreeMap::new();
+    // A byte-order mark (an editor's UTF-8 "with BOM") would otherwise be
+    // part of the first key: an unknown key, and line 1 lost.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, raw) in text.lines().enumerate() {
         let source = Source::File {
             path: path.to_path_buf(),
