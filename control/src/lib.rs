@@ -149,14 +149,15 @@ impl Control {
         self.lease_token.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn set_lease(&self, token: i64) {
+    /// `now`: the database's time (hosts' silence is judged on it).
+    fn set_lease(&self, token: i64, now: i64) {
         let before = self
             .lease_token
             .swap(token, std::sync::atomic::Ordering::AcqRel);
         metrics::set_leader(token > 0);
         if before == 0 && token > 0 {
             self.hearing_since
-                .store(ids::now_ms(), std::sync::atomic::Ordering::Release);
+                .store(now, std::sync::atomic::Ordering::Release);
             tracing::info!(token, holder = %self.holder, "this replica runs the scheduler now");
             self.wake();
         } else if before > 0 && token == 0 {
@@ -245,15 +246,15 @@ async fn lease_loop(ctl: Arc<Control>, shutdown: drain::Watch) {
             .acquire_lease(LEASE, &ctl.holder, LEASE_TTL.as_millis() as i64)
             .await
         {
-            Ok(Some(token)) => ctl.set_lease(token),
-            Ok(None) => ctl.set_lease(0),
+            Ok((Some(token), now)) => ctl.set_lease(token, now),
+            Ok((None, now)) => ctl.set_lease(0, now),
             Err(e) => {
                 // Without the database a replica cannot know it still holds
                 // the lease: it stops scheduling at once.
                 if ctl.is_leader() {
                     tracing::warn!(cause = %e, "cannot renew the scheduler lease");
                 }
-                ctl.set_lease(0);
+                ctl.set_lease(0, ids::now_ms());
             }
         }
         tokio::select! {
@@ -262,7 +263,7 @@ async fn lease_loop(ctl: Arc<Control>, shutdown: drain::Watch) {
         }
     }
     if ctl.is_leader() {
-        ctl.set_lease(0);
+        ctl.set_lease(0, ids::now_ms());
         if let Err(e) = ctl.store.release_lease(LEASE, &ctl.holder).await {
             tracing::warn!(cause = %e, "cannot release the scheduler lease; another replica takes over when it runs out");
         }

@@ -74,7 +74,10 @@ pub async fn poll(ctl: &Control, caller: &Caller, body: &Value) -> ApiResult {
     let (arn, mut seq) = {
         let mut c = ctl.store.read().await?;
         let i = own_instance(ctl, &mut c, caller, &req.cluster, &req.container_instance).await?;
-        store::touch_instance(&mut c, &i.arn, crate::ids::now_ms()).await?;
+        // The database's clock, with PostgreSQL: the leader judges
+        // silence on it, whichever replica a host polls.
+        let now = store::db_now(&mut c, ctl.store.kind).await?;
+        store::touch_instance(&mut c, &i.arn, now).await?;
         (i.arn, i.desired_seq)
     };
     let wait =
@@ -439,7 +442,7 @@ async fn apply_reports(
     let _w = ctl.store.lock().await;
     let t1 = t0.elapsed();
     let mut tx = ctl.store.begin().await?;
-    let now = crate::ids::now_ms();
+    let now = store::db_now(&mut tx, ctl.store.kind).await?;
     let mut instances: HashMap<String, InstanceRec> = HashMap::new();
     let mut owners: Vec<Result<String, ApiError>> = Vec::with_capacity(group.len());
     let mut all_arns: Vec<String> = Vec::new();

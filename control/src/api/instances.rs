@@ -97,9 +97,9 @@ pub async fn register(ctl: &Control, caller: &Caller, body: &Value) -> ApiResult
         .and_then(|d| serde_json::from_str::<Value>(d).ok())
         .and_then(|v| v["instanceId"].as_str().map(str::to_string))
         .filter(|id| !id.is_empty() && id.len() <= 255);
-    let now = crate::ids::now_ms();
     let _w = ctl.store.lock().await;
     let mut tx = ctl.store.begin().await?;
+    let now = store::db_now(&mut tx, ctl.store.kind).await?;
     match store::get_cluster(&mut tx, &cluster).await? {
         Some(c) if c.status == "ACTIVE" => {}
         // ECS creates `default` for agents with no ECS_CLUSTER.

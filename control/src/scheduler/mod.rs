@@ -101,7 +101,9 @@ pub async fn pass(ctl: &Control, cluster: &str) -> Result<usize, StoreError> {
     {
         return Ok(0);
     }
-    let now = crate::ids::now_ms();
+    // The database's clock (PostgreSQL): hosts' last polls were stamped
+    // with it by whichever replica they reached.
+    let now = store::db_now(&mut tx, ctl.store.kind).await?;
     let t0 = Instant::now();
     let mut st = state::ClusterState::load(ctl, &mut tx, cluster, now).await?;
     let loaded = t0.elapsed();

@@ -132,7 +132,7 @@ fn tls_warning(url: &str) -> Option<&'static str> {
 
 /// The database's time, unix milliseconds (leases compare against one
 /// clock, whatever the replicas' clocks say).
-async fn db_now(c: &mut AnyConnection, kind: Kind) -> Result<i64, StoreError> {
+pub async fn db_now(c: &mut AnyConnection, kind: Kind) -> Result<i64, StoreError> {
     Ok(match kind {
         Kind::Postgres => {
             sqlx::query_as::<_, (i64,)>(
@@ -278,13 +278,14 @@ impl Store {
     }
 
     /// Takes or renews lease `name` for `holder` for `ttl_ms` (database
-    /// time); returns its fencing token when `holder` has it.
+    /// time); returns its fencing token when `holder` has it, and the
+    /// database's time.
     pub async fn acquire_lease(
         &self,
         name: &str,
         holder: &str,
         ttl_ms: i64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<(Option<i64>, i64), StoreError> {
         let mut tx = self.begin().await?;
         let now = db_now(&mut tx, self.kind).await?;
         let row: Option<(String, i64, i64)> =
@@ -320,7 +321,7 @@ impl Store {
             Some(_) => None,
         };
         tx.commit().await?;
-        Ok(token)
+        Ok((token, now))
     }
 
     /// Gives lease `name` up if `holder` has it (a clean shutdown: another
@@ -1049,18 +1050,18 @@ mod tests {
         let (dir, url) = temp_db();
         let store = Store::open(&url).await.unwrap();
         assert_eq!(
-            store.acquire_lease("s", "a", 60_000).await.unwrap(),
+            store.acquire_lease("s", "a", 60_000).await.unwrap().0,
             Some(1)
         );
-        assert_eq!(store.acquire_lease("s", "b", 60_000).await.unwrap(), None);
+        assert_eq!(store.acquire_lease("s", "b", 60_000).await.unwrap().0, None);
         assert_eq!(
-            store.acquire_lease("s", "a", 60_000).await.unwrap(),
+            store.acquire_lease("s", "a", 60_000).await.unwrap().0,
             Some(1),
             "renewed"
         );
         store.release_lease("s", "a").await.unwrap();
         assert_eq!(
-            store.acquire_lease("s", "b", 60_000).await.unwrap(),
+            store.acquire_lease("s", "b", 60_000).await.unwrap().0,
             Some(2),
             "a new holder fences the old"
         );
