@@ -490,6 +490,45 @@ async fn walkthrough(pg: Option<&Postgres>) {
     let v = c.aws(&["list-tasks", "--cluster", CLUSTER, "--started-by", "ci-job"]);
     let ci: Vec<String> = serde_json::from_value(v["taskArns"].clone()).unwrap();
     assert_eq!(ci.len(), 2);
+    // A RunTask sent again with its client token (botocore's retry of an
+    // answer it lost) gets the same task, not a second one; the token with
+    // another request is refused.
+    let once = [
+        "run-task",
+        "--cluster",
+        CLUSTER,
+        "--task-definition",
+        "hello-world-task:2",
+        "--started-by",
+        "ci-once",
+        "--client-token",
+        "run-once-0001",
+    ];
+    let first = c.aws(&once);
+    let again = c.aws(&once);
+    assert_eq!(first["tasks"][0]["taskArn"], again["tasks"][0]["taskArn"]);
+    let v = c.aws(&[
+        "list-tasks",
+        "--cluster",
+        CLUSTER,
+        "--started-by",
+        "ci-once",
+    ]);
+    assert_eq!(v["taskArns"].as_array().unwrap().len(), 1, "{v}");
+    let mut other = once.to_vec();
+    other[6] = "ci-other";
+    let e = c.aws_as(&c.operator.profile.clone(), &other).unwrap_err();
+    assert!(
+        e.contains("InvalidParameterException") && e.contains("clientToken"),
+        "{e}"
+    );
+    c.aws(&[
+        "stop-task",
+        "--cluster",
+        CLUSTER,
+        "--task",
+        first["tasks"][0]["taskArn"].as_str().unwrap(),
+    ]);
     c.aws(&[
         "stop-task",
         "--cluster",

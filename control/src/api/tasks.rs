@@ -99,8 +99,12 @@ pub async fn run(ctl: &Control, body: &Value) -> ApiResult {
     refuse_unsupported(body, UNSUPPORTED)?;
     refuse_overrides(body)?;
     let req: RunRequest = parse(body)?;
-    let _ = req.client_token;
     let cluster = cluster_name(body)?;
+    if let Some(t) = &req.client_token {
+        if t.is_empty() || t.len() > 64 {
+            return Err(ApiError::invalid("clientToken: 1-64 characters"));
+        }
+    }
     match req.launch_type.as_deref() {
         None | Some("EC2") | Some("EXTERNAL") => {}
         Some(t) => {
@@ -123,6 +127,21 @@ pub async fn run(ctl: &Control, body: &Value) -> ApiResult {
     };
     let _w = ctl.store.lock().await;
     let mut tx = ctl.store.begin().await?;
+    // A token seen before: the same request is answered as it was then
+    // (botocore retries a RunTask whose answer it lost with the token it
+    // made for it); another request with it is refused.
+    let request = body.to_string();
+    if let Some(token) = &req.client_token {
+        if let Some((first, answer)) = store::client_token(&mut tx, &cluster, token).await? {
+            if first != request {
+                return Err(ApiError::invalid(
+                    "clientToken was used before with another request",
+                ));
+            }
+            return serde_json::from_str(&answer)
+                .map_err(|e| ApiError::server(format!("the stored answer is not JSON: {e}")));
+        }
+    }
     let mut l = Launch::prepare(
         ctl,
         &mut tx,
@@ -150,8 +169,20 @@ pub async fn run(ctl: &Control, body: &Value) -> ApiResult {
     let failures: Vec<Value> = unplaced
         .map(|u| vec![json!({"arn": l.td_arn, "reason": u.code, "detail": u.reason})])
         .unwrap_or_default();
+    let answer = json!({"tasks": tasks, "failures": failures});
+    if let Some(token) = &req.client_token {
+        store::put_client_token(
+            &mut tx,
+            &cluster,
+            token,
+            &request,
+            &answer.to_string(),
+            l.now,
+        )
+        .await?;
+    }
     l.commit(ctl, tx).await?;
-    Ok(json!({"tasks": tasks, "failures": failures}))
+    Ok(answer)
 }
 
 #[derive(Deserialize)]

@@ -64,6 +64,16 @@ pub async fn run(ctl: Arc<Control>, shutdown: drain::Watch) {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(cause = %e, "cannot prune stopped tasks"),
                 }
+                // A RunTask's token is kept as long as the stopped tasks
+                // it may have started (at least an hour).
+                let kept = ctl
+                    .cfg
+                    .stopped_task_retention
+                    .max(Duration::from_secs(3600));
+                let before = crate::ids::now_ms() - kept.as_millis() as i64;
+                if let Err(e) = store::prune_client_tokens(&mut c, before).await {
+                    tracing::warn!(cause = %e, "cannot prune RunTask client tokens");
+                }
             }
         }
     }

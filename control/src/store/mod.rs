@@ -940,6 +940,53 @@ pub async fn prune_stopped(c: &mut AnyConnection, before: i64) -> Result<u64, St
     Ok(r.rows_affected())
 }
 
+// Client tokens (RunTask idempotency).
+
+/// The request and answer a client token was first used with.
+pub async fn client_token(
+    c: &mut AnyConnection,
+    cluster: &str,
+    token: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT request, response FROM client_tokens WHERE cluster = $1 AND token = $2",
+    )
+    .bind(cluster)
+    .bind(token)
+    .fetch_optional(c)
+    .await?)
+}
+
+pub async fn put_client_token(
+    c: &mut AnyConnection,
+    cluster: &str,
+    token: &str,
+    request: &str,
+    response: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO client_tokens (cluster, token, request, response, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(cluster)
+    .bind(token)
+    .bind(request)
+    .bind(response)
+    .bind(now)
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+/// Forgets client tokens first used before `before`.
+pub async fn prune_client_tokens(c: &mut AnyConnection, before: i64) -> Result<u64, StoreError> {
+    let r = sqlx::query("DELETE FROM client_tokens WHERE created_at < $1")
+        .bind(before)
+        .execute(c)
+        .await?;
+    Ok(r.rows_affected())
+}
+
 // Tags.
 
 pub async fn tags(

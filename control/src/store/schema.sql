@@ -74,6 +74,19 @@ CREATE INDEX IF NOT EXISTS tasks_live ON tasks (cluster, live);
 CREATE INDEX IF NOT EXISTS tasks_instance ON tasks (container_instance, live);
 CREATE INDEX IF NOT EXISTS tasks_service ON tasks (cluster, service);
 
+-- RunTask's clientToken: the request it came with and the answer given,
+-- so that a retry (botocore sends the same token again) gets the same
+-- tasks instead of new ones. Added without a version change: an older
+-- dockhand leaves the table alone.
+CREATE TABLE IF NOT EXISTS client_tokens (
+    cluster TEXT NOT NULL,
+    token TEXT NOT NULL,
+    request TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (cluster, token)
+);
+
 CREATE TABLE IF NOT EXISTS tags (
     resource TEXT NOT NULL,
     key TEXT NOT NULL,
