@@ -289,8 +289,16 @@ pub const KEYS: &[KeySpec<Config>] = &[
         default: "[22,2375,2376,51678,51679]",
         meaning: "host ports never handed out to tasks (JSON array)",
         apply: |c, v| {
-            c.reserved_ports = serde_json::from_str::<Vec<u16>>(v)
-                .map_err(|_| format!("expected a JSON array of ports 1-65535, got {v:?}"))?;
+            let bad = || format!("expected a JSON array of ports 1-65535, got {v:?}");
+            let mut ports = serde_json::from_str::<Vec<u16>>(v).map_err(|_| bad())?;
+            if ports.contains(&0) {
+                return Err(bad());
+            }
+            // Repeats are harmless, but counted twice they made a range
+            // look wholly reserved when it was not.
+            ports.sort_unstable();
+            ports.dedup();
+            c.reserved_ports = ports;
             Ok(())
         },
     },
@@ -928,6 +936,17 @@ mod tests {
         );
         assert!(!shown.iter().any(|s| s.contains("s3cr3t")));
         assert!(parse("ECS_BACKEND_HOST=control:8443\n", &[]).is_err());
+    }
+
+    #[test]
+    fn reserved_ports_are_ports_and_repeats_count_once() {
+        assert!(parse("ECS_RESERVED_PORTS=[0]\n", &[]).is_err());
+        let l = parse(
+            "ECS_RESERVED_PORTS=[22,22]\nECS_DYNAMIC_HOST_PORT_RANGE=22-23\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(l.config.reserved_ports, [22]);
     }
 
     #[test]
