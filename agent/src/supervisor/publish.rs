@@ -65,6 +65,50 @@ fn stop_code(rec: &TaskRecord) -> StopCode {
 }
 
 impl<E: Engine, R: Router> Supervisor<E, R> {
+    /// A task whose record is dropped (no container of it is left, and no
+    /// launch of it runs) ends with a STOPPED change saying why, unless
+    /// this process published its end already. Without it a task whose
+    /// launch an agent restart cut short (its record saved, no container
+    /// made yet) was never reported: the control endpoint kept it PENDING
+    /// for ever, its service one task short.
+    pub(super) fn publish_forgotten(&mut self, id: &str, rec: &TaskRecord) {
+        let last = self.published.remove(id);
+        if last
+            .as_ref()
+            .is_some_and(|l| l.status == TaskStatus::Stopped)
+        {
+            return;
+        }
+        let (reason, stop_code) = match (&rec.stop_reason, last) {
+            (Some(r), _) => (r.clone(), Some(stop_code(rec))),
+            // Seen with its containers by this process: they went.
+            (None, Some(_)) => ("the task's containers are gone".to_string(), None),
+            // Never seen with any: removed while no agent ran, or never
+            // made, an agent having stopped in the middle of the launch.
+            (None, None) => (
+                "no container of the task is left (removed, or never created: the agent stopped during its launch)".to_string(),
+                Some(StopCode::TaskFailedToStart),
+            ),
+        };
+        self.changes.push(Change {
+            service: rec.service.clone(),
+            task_id: id.to_string(),
+            revision: rec.revision,
+            desired: TaskStatus::Stopped,
+            report: TaskStateChange {
+                sequence: 0,
+                task: crate::status::task_arn(&self.cfg.cluster, id),
+                status: TaskStatus::Stopped,
+                reason: Some(reason),
+                stop_code,
+                health_status: HealthStatus::Unknown,
+                containers: Vec::new(),
+                at_ms: self.now_ms().max(0) as u64,
+                engine_failure: false,
+            },
+        });
+    }
+
     /// Publishes what the local API and `dockhand status` show, and the
     /// state changes since the last pass.
     pub(super) fn publish(&mut self, tasks: &BTreeMap<String, TaskObs>) {

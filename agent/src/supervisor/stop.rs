@@ -72,16 +72,21 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
         let router = &self.router;
         let ended = &mut self.ended;
         let managed = self.desired.managed.is_some();
-        self.store.state.tasks.retain(|id, _| {
+        let mut dropped = Vec::new();
+        self.store.state.tasks.retain(|id, rec| {
             let keep = tasks.contains_key(id) || inflight.contains_key(id);
             if !keep {
                 router.remove_task(id);
                 if managed {
                     ended.insert(id.clone());
                 }
+                dropped.push((id.clone(), rec.clone()));
             }
             keep
         });
+        for (id, rec) in dropped {
+            self.publish_forgotten(&id, &rec);
+        }
     }
 
     /// A running task whose essential container exited is failed: counted

@@ -877,3 +877,56 @@ async fn a_task_id_is_shortened_by_characters() {
         running[0].spec.name
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_managed_task_whose_launch_a_restart_cut_short_is_reported_stopped() {
+    let mut h = Harness::start().await;
+    let mut td = service("web", 1).task_definition;
+    td.container_definitions[0].image = "slow:1".into();
+    h.engine.set_pull_time(Duration::from_secs(600));
+    h.set_managed(&[("t1", true, td.clone())]);
+    h.wait(LIMIT, "the pull started", |h| {
+        h.engine.calls().iter().any(|c| c.starts_with("pull"))
+    })
+    .await;
+    // The agent stops mid-pull: the record is saved, no container exists.
+    h.stop().await;
+    let h = h.restart(DesiredState::Unknown).await;
+    h.engine.set_pull_time(Duration::ZERO);
+    h.set_managed(&[("t1", true, td)]);
+    h.idle(Duration::from_secs(60)).await;
+    let stopped: Vec<_> = h
+        .changes()
+        .into_iter()
+        .filter(|c| c.task_id == "t1" && c.report.status == TaskStatus::Stopped)
+        .collect();
+    assert_eq!(stopped.len(), 1, "one end, reported: {stopped:?}");
+    assert_eq!(
+        stopped[0].report.stop_code,
+        Some(dockhand_model::task::StopCode::TaskFailedToStart)
+    );
+    // Not started again under its id: the endpoint places a replacement.
+    assert!(h.engine.containers().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_managed_task_whose_pull_fails_is_reported_with_the_reason() {
+    let h = Harness::start().await;
+    let mut td = service("web", 1).task_definition;
+    td.container_definitions[0].image = "nope:1".into();
+    h.engine.fail_pulls_of("nope:1");
+    h.set_managed(&[("t2", true, td)]);
+    h.idle(Duration::from_secs(30)).await;
+    let stopped: Vec<_> = h
+        .changes()
+        .into_iter()
+        .filter(|c| c.task_id == "t2" && c.report.status == TaskStatus::Stopped)
+        .collect();
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    let reason = stopped[0].report.reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("failed to start"), "{reason}");
+    assert_eq!(
+        stopped[0].report.stop_code,
+        Some(dockhand_model::task::StopCode::TaskFailedToStart)
+    );
+}
