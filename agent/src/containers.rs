@@ -139,7 +139,7 @@ impl TaskLaunch<'_> {
             self.def.family,
             self.revision,
             c.name,
-            crate::supervisor::short(&self.task_id)
+            crate::supervisor::short(self.task_id)
         )
     }
 

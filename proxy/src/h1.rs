@@ -600,8 +600,8 @@ fn with_head<T>(
     };
     let keep_chunked = http1_client && f.body == BodyEnd::Chunked;
     let mut headers = resp.headers.iter().filter(|h| {
-        !hop_response_header(h.name, keep_chunked, &f.named)
-            && !(f.drop_length && eq(h.name, "content-length"))
+        let length_dropped = f.drop_length && eq(h.name, "content-length");
+        !(hop_response_header(h.name, keep_chunked, &f.named) || length_dropped)
     });
     let kept = pass(&head, resp.reason.unwrap_or(""), &mut headers)?;
     Ok(Some((head, kept)))

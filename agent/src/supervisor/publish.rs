@@ -103,7 +103,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                 stop_code,
                 health_status: HealthStatus::Unknown,
                 containers: Vec::new(),
-                at_ms: self.now_ms().max(0) as u64,
+                at_ms: self.now_ms(),
                 engine_failure: false,
             },
         });
