@@ -604,6 +604,21 @@ async fn walkthrough(pg: Option<&Postgres>) {
     );
 }
 
+/// `POST /` with `headers` and `body`, on a connection that closes after.
+fn raw_post(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    let mut req = String::from("POST / HTTP/1.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut raw = req.into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
 async fn authentication_failures(pg: Option<&Postgres>) {
     let config = database(pg, "auth", Vec::new());
     let c = ControlProc::start("auth", CLUSTER, &lines(&config));
@@ -694,16 +709,7 @@ async fn authentication_failures(pg: Option<&Postgres>) {
         "us-east-1",
         std::time::SystemTime::now() - Duration::from_secs(20 * 60),
     );
-    let mut req = String::from("POST / HTTP/1.1\r\n");
-    for (k, v) in &headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut raw = req.into_bytes();
-    raw.extend_from_slice(body);
+    let raw = raw_post(&headers, body);
     let expired = support::raw(c.port, &raw, Duration::from_secs(5)).unwrap();
     assert!(
         expired.contains("InvalidSignatureException") && expired.contains("expired"),
@@ -735,16 +741,7 @@ async fn authentication_failures(pg: Option<&Postgres>) {
         "X-Amz-Target".to_string(),
         "AmazonEC2ContainerServiceV20141113.DeleteCluster".to_string(),
     ));
-    let mut req = String::from("POST / HTTP/1.1\r\n");
-    for (k, v) in &headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut raw = req.into_bytes();
-    raw.extend_from_slice(body);
+    let raw = raw_post(&headers, body);
     let unsigned_target = support::raw(c.port, &raw, Duration::from_secs(5)).unwrap();
     assert!(
         unsigned_target.contains("IncompleteSignatureException")

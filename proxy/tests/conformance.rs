@@ -386,6 +386,22 @@ async fn a_head_sent_a_byte_at_a_time_has_the_idle_timeout_in_all() {
     assert!(seen.lock().unwrap().is_empty(), "nothing reached the task");
 }
 
+/// Reads into `buf` until it holds a whole request head; the head's end
+/// (`None`: the connection ended first).
+async fn next_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end + 4);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// A task whose answers to anything but `/health` stop after 3 bytes of a
 /// 10-byte body, and never end (`cut`: the task closes the connection
 /// there).
@@ -397,17 +413,9 @@ async fn stalling_backend(cut: bool) -> SocketAddr {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
+                while let Some(end) = next_head(&mut s, &mut buf).await {
                     let health = buf.starts_with(b"GET /health ");
-                    buf.drain(..end + 4);
+                    buf.drain(..end);
                     if health {
                         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                         if s.write_all(ok).await.is_err() {
@@ -420,7 +428,7 @@ async fn stalling_backend(cut: bool) -> SocketAddr {
                         .await;
                     // And nothing more, until the proxy gives up.
                     if !cut {
-                        let _ = s.read(&mut chunk).await;
+                        let _ = s.read(&mut [0u8; 1]).await;
                     }
                     return;
                 }
@@ -559,17 +567,10 @@ async fn length_and_chunked_backend() -> SocketAddr {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                loop {
-                    // A request: its head, and an empty chunked body if any.
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
+                // A request: its head, and an empty chunked body if any.
+                while let Some(end) = next_head(&mut s, &mut buf).await {
                     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let mut used = end + 4;
+                    let mut used = end;
                     if head.contains("transfer-encoding: chunked") {
                         while !buf[used..].starts_with(b"0\r\n\r\n") {
                             match s.read(&mut chunk).await {
