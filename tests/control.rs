@@ -604,6 +604,27 @@ async fn walkthrough(pg: Option<&Postgres>) {
     );
 }
 
+/// Signs `headers` and `body` with the operator's key, as of `ago` ago.
+fn operator_signed(
+    c: &ControlProc,
+    headers: &mut Vec<(String, String)>,
+    body: &[u8],
+    ago: Duration,
+) {
+    dockhand_control::auth::sigv4::sign_headers(
+        "POST",
+        "/",
+        "",
+        headers,
+        body,
+        &c.operator.id,
+        &c.operator.secret,
+        "ecs",
+        "us-east-1",
+        std::time::SystemTime::now() - ago,
+    );
+}
+
 /// `POST /` with `headers` and `body`, on a connection that closes after.
 fn raw_post(headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
     let mut req = String::from("POST / HTTP/1.1\r\n");
@@ -697,18 +718,7 @@ async fn authentication_failures(pg: Option<&Postgres>) {
             "AmazonEC2ContainerServiceV20141113.DeleteCluster".to_string(),
         ),
     ];
-    dockhand_control::auth::sigv4::sign_headers(
-        "POST",
-        "/",
-        "",
-        &mut headers,
-        body,
-        &c.operator.id,
-        &c.operator.secret,
-        "ecs",
-        "us-east-1",
-        std::time::SystemTime::now() - Duration::from_secs(20 * 60),
-    );
+    operator_signed(&c, &mut headers, body, Duration::from_secs(20 * 60));
     let raw = raw_post(&headers, body);
     let expired = support::raw(c.port, &raw, Duration::from_secs(5)).unwrap();
     assert!(
@@ -725,18 +735,7 @@ async fn authentication_failures(pg: Option<&Postgres>) {
             "application/x-amz-json-1.1".to_string(),
         ),
     ];
-    dockhand_control::auth::sigv4::sign_headers(
-        "POST",
-        "/",
-        "",
-        &mut headers,
-        body,
-        &c.operator.id,
-        &c.operator.secret,
-        "ecs",
-        "us-east-1",
-        std::time::SystemTime::now(),
-    );
+    operator_signed(&c, &mut headers, body, Duration::ZERO);
     headers.push((
         "X-Amz-Target".to_string(),
         "AmazonEC2ContainerServiceV20141113.DeleteCluster".to_string(),

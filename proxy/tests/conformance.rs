@@ -468,6 +468,20 @@ async fn an_answer_that_stalls_mid_body_is_given_up_after_the_response_timeout()
     );
 }
 
+/// A prior-knowledge HTTP/2 client of the proxy at `port`.
+async fn h2c(port: u16) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_answer_that_stalls_mid_body_is_reset_after_the_response_timeout() {
     let backend = stalling_backend(false).await;
@@ -477,15 +491,7 @@ async fn an_h2_answer_that_stalls_mid_body_is_reset_after_the_response_timeout()
         ..Settings::default()
     };
     let (port, _proxy) = serve_proxy(settings, backend, Duration::from_millis(200)).await;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c(port).await;
     let req = hyper::Request::builder()
         .uri(format!("http://127.0.0.1:{port}/big"))
         .body(Full::new(Bytes::new()))
@@ -513,15 +519,7 @@ async fn answers_a_task_cuts_short_do_not_count_as_the_h2_clients_resets() {
         ..Settings::default()
     };
     let (port, _proxy) = serve_proxy(settings, backend, Duration::from_millis(200)).await;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let send = h2c(port).await;
     // More broken answers in a second than the rapid-reset cap (200): each
     // stream is reset by the proxy (INTERNAL_ERROR), none by the client.
     let mut calls = tokio::task::JoinSet::new();
