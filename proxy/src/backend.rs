@@ -315,15 +315,21 @@ impl Backend {
 
     /// A fast-path connection: an idle one (the most recent, so idle ones
     /// age out at the task's keep-alive timeout), or a new one. An idle
-    /// connection the task closed, or sent anything on, while it sat in
-    /// the pool is dropped: bytes no request asked for (a body sent after
-    /// a HEAD answer, a 408 before an idle close) would otherwise be read
-    /// as the next client's answer. The check costs no system call unless
-    /// the event loop saw the socket become readable. The flag says
+    /// connection is checked first (with `always`, for a request that
+    /// cannot be sent twice; else once it sat in the pool for
+    /// [`PROBE_AFTER`]): one the task closed, or sent anything on meanwhile
+    /// (a 408 before closing it), is dropped, since those bytes would be
+    /// read as the next client's answer. A connection reused sooner by a
+    /// request that can be retried is not: the check is a `recv` whenever
+    /// the last read filled its buffer, and doing it on every reuse cost a
+    /// quarter of the 64 KiB keep-alive rows' throughput in
+    /// bench/proxy.sh. (A connection that answered a HEAD is never pooled:
+    /// a task sending a body anyway does it at once.) The flag says
     /// whether the connection was reused.
     pub(crate) async fn checkout_raw(
         &self,
         connect_timeout: Duration,
+        always: bool,
     ) -> Result<(Upstream, bool), std::io::Error> {
         loop {
             let popped = {
@@ -335,6 +341,9 @@ impl Backend {
             let Some(up) = popped else {
                 break;
             };
+            if !always && up.idle_since.elapsed() < PROBE_AFTER {
+                return Ok((up, true));
+            }
             match up.stream.try_read(&mut [0u8; 1]) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((up, true)),
                 _ => continue, // closed, or unexpected bytes: not usable
@@ -345,6 +354,7 @@ impl Backend {
             Upstream {
                 stream,
                 buf: bytes::BytesMut::with_capacity(UPSTREAM_BUF),
+                idle_since: Instant::now(),
             },
             false,
         ))
@@ -363,6 +373,7 @@ impl Backend {
         if pool.idle.len() >= KEEP_GROWN {
             shrink(&mut up.buf);
         }
+        up.idle_since = Instant::now();
         pool.idle.push(up);
     }
 
@@ -412,7 +423,13 @@ struct RawPool {
 pub(crate) struct Upstream {
     pub stream: tokio::net::TcpStream,
     pub buf: bytes::BytesMut,
+    /// When it last went back to the pool.
+    pub idle_since: Instant,
 }
+
+/// How long a pooled connection sits idle before it is checked for a
+/// close or stray bytes on reuse ([`Backend::checkout_raw`]).
+const PROBE_AFTER: Duration = Duration::from_millis(250);
 
 /// Counts one in-flight request until dropped.
 pub(crate) struct InFlight(Arc<Backend>);
@@ -462,7 +479,7 @@ mod tests {
 
     /// A connection whose buffer read, and then passed on, a 64 KiB answer.
     async fn used_for_a_large_answer(b: &Backend) -> Upstream {
-        let (mut up, _) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+        let (mut up, _) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
         up.buf.reserve(64 * 1024);
         up.buf.extend_from_slice(&[b'x'; 64 * 1024]);
         up.buf.advance(64 * 1024);
@@ -474,7 +491,7 @@ mod tests {
     async fn grown_in_pool_order(b: &Backend, n: usize) -> Vec<bool> {
         let mut grown = Vec::new();
         for _ in 0..n {
-            let (mut up, reused) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+            let (mut up, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
             assert!(reused);
             grown.push(up.buf.try_reclaim(2 * UPSTREAM_BUF));
             assert!(up.buf.capacity() >= UPSTREAM_BUF);
@@ -489,7 +506,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let b = Backend::new("t".into(), addr, 1, Duration::ZERO, 1);
         assert!(b.record(&Ok(()), &HealthCheck::default()).is_some());
-        let (up, reused) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+        let (up, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
         assert!(!reused);
         let (mut task_side, _) = listener.accept().await.unwrap();
         b.checkin_raw(up);
@@ -499,14 +516,17 @@ mod tests {
             .write_all(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let (fresh, reused) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+        tokio::time::sleep(PROBE_AFTER + Duration::from_millis(50)).await;
+        let (fresh, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
         assert!(!reused, "a new connection, not the one holding the 408");
-        // A quiet pooled connection is reused.
+        // A quiet pooled connection is reused, checked or not.
         let _second = listener.accept().await.unwrap();
         b.checkin_raw(fresh);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let (_, reused) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+        tokio::time::sleep(PROBE_AFTER + Duration::from_millis(50)).await;
+        let (again, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+        assert!(reused);
+        b.checkin_raw(again);
+        let (_, reused) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
         assert!(reused);
     }
 
@@ -539,8 +559,8 @@ mod tests {
         // Nothing has stayed idle for a whole interval yet.
         b.trim_idle();
         // Two are taken and returned: the pool never went below two.
-        let (x, _) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
-        let (y, _) = b.checkout_raw(Duration::from_secs(5)).await.unwrap();
+        let (x, _) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
+        let (y, _) = b.checkout_raw(Duration::from_secs(5), false).await.unwrap();
         b.checkin_raw(y);
         b.checkin_raw(x);
         b.trim_idle();

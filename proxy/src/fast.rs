@@ -750,6 +750,7 @@ mod tests {
         Upstream {
             stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
             buf: BytesMut::with_capacity(UPSTREAM_BUF),
+            idle_since: std::time::Instant::now(),
         }
     }
 

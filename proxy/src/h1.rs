@@ -528,7 +528,9 @@ fn framing<'b>(
             }
         }
     }
-    let mut reusable = keep_alive && !close;
+    // Not after a HEAD: a task that sends a body anyway sends it at once,
+    // and it would be read as the next request's answer.
+    let mut reusable = keep_alive && !close && !request_was_head;
     let drop_length = (chunked || other_coding) && length.is_some();
     let body = if request_was_head || (100..200).contains(&status) || status == 204 || status == 304
     {
@@ -835,6 +837,9 @@ mod tests {
         ];
         let f = framing(1, 200, &coded, false).unwrap();
         assert_eq!((f.body, f.drop_length), (BodyEnd::Chunked, true));
+        // A HEAD's connection is not reused, whatever the task says.
+        assert!(framing(1, 200, &kept[1..], false).unwrap().reusable);
+        assert!(!framing(1, 200, &kept[1..], true).unwrap().reusable);
         assert!(!framing(1, 200, &coded[..1], false).unwrap().drop_length);
     }
 

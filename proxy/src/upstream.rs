@@ -173,7 +173,10 @@ where
             break;
         };
         let in_flight = backend.begin_request();
-        let (mut up, reused) = match backend.checkout_raw(settings.connect_timeout).await {
+        let (mut up, reused) = match backend
+            .checkout_raw(settings.connect_timeout, !idempotent)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 // Nothing was sent: safe to try elsewhere.
