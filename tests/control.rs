@@ -757,30 +757,21 @@ async fn authentication_failures(pg: Option<&Postgres>) {
     )
     .await
     .unwrap();
-    let v = c.aws(&[
-        "update-container-instances-state",
-        "--cluster",
-        CLUSTER,
-        "--container-instances",
-        &host.arn(),
-        "--status",
-        "DRAINING",
-    ]);
+    let host_arn = host.arn();
+    let set_status = |status: &'static str| {
+        [
+            "update-container-instances-state",
+            "--cluster",
+            CLUSTER,
+            "--container-instances",
+            host_arn.as_str(),
+            "--status",
+            status,
+        ]
+    };
+    let v = c.aws(&set_status("DRAINING"));
     assert_eq!(v["containerInstances"][0]["status"], "DRAINING");
-    let e = c
-        .aws_as(
-            &inst,
-            &[
-                "update-container-instances-state",
-                "--cluster",
-                CLUSTER,
-                "--container-instances",
-                &host.arn(),
-                "--status",
-                "ACTIVE",
-            ],
-        )
-        .unwrap_err();
+    let e = c.aws_as(&inst, &set_status("ACTIVE")).unwrap_err();
     assert!(e.contains("AccessDeniedException"), "{e}");
     let v = c.aws(&[
         "describe-container-instances",

@@ -469,7 +469,12 @@ async fn an_answer_that_stalls_mid_body_is_given_up_after_the_response_timeout()
 }
 
 /// A prior-knowledge HTTP/2 client of the proxy at `port`.
-async fn h2c(port: u16) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+async fn h2c<B>(port: u16) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -491,7 +496,7 @@ async fn an_h2_answer_that_stalls_mid_body_is_reset_after_the_response_timeout()
         ..Settings::default()
     };
     let (port, _proxy) = serve_proxy(settings, backend, Duration::from_millis(200)).await;
-    let mut send = h2c(port).await;
+    let mut send = h2c::<Full<Bytes>>(port).await;
     let req = hyper::Request::builder()
         .uri(format!("http://127.0.0.1:{port}/big"))
         .body(Full::new(Bytes::new()))
@@ -519,7 +524,7 @@ async fn answers_a_task_cuts_short_do_not_count_as_the_h2_clients_resets() {
         ..Settings::default()
     };
     let (port, _proxy) = serve_proxy(settings, backend, Duration::from_millis(200)).await;
-    let send = h2c(port).await;
+    let send = h2c::<Full<Bytes>>(port).await;
     // More broken answers in a second than the rapid-reset cap (200): each
     // stream is reset by the proxy (INTERNAL_ERROR), none by the client.
     let mut calls = tokio::task::JoinSet::new();
@@ -871,16 +876,7 @@ async fn h2c_to(
     let port = serve_proxy(settings, backend, Duration::from_secs(5))
         .await
         .0;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    send
+    h2c(port).await
 }
 
 /// An HTTP/2 request's status, headers and body.

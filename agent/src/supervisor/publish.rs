@@ -90,10 +90,31 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                 Some(StopCode::TaskFailedToStart),
             ),
         };
+        let at_ms = self.now_ms();
+        self.push_end(
+            id,
+            rec.service.clone(),
+            rec.revision,
+            reason,
+            stop_code,
+            at_ms,
+        );
+    }
+
+    /// A STOPPED change for a task that has no container left to report.
+    fn push_end(
+        &mut self,
+        id: &str,
+        service: String,
+        revision: u32,
+        reason: String,
+        stop_code: Option<StopCode>,
+        at_ms: u64,
+    ) {
         self.changes.push(Change {
-            service: rec.service.clone(),
+            service,
             task_id: id.to_string(),
-            revision: rec.revision,
+            revision,
             desired: TaskStatus::Stopped,
             report: TaskStateChange {
                 sequence: 0,
@@ -103,7 +124,7 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
                 stop_code,
                 health_status: HealthStatus::Unknown,
                 containers: Vec::new(),
-                at_ms: self.now_ms(),
+                at_ms,
                 engine_failure: false,
             },
         });
@@ -395,23 +416,8 @@ impl<E: Engine, R: Router> Supervisor<E, R> {
             if last.status == TaskStatus::Stopped {
                 continue;
             }
-            self.changes.push(Change {
-                service: last.service,
-                task_id: id.clone(),
-                revision: last.revision,
-                desired: TaskStatus::Stopped,
-                report: TaskStateChange {
-                    sequence: 0,
-                    task: crate::status::task_arn(&self.cfg.cluster, &id),
-                    status: TaskStatus::Stopped,
-                    reason: Some("the task's containers are gone".into()),
-                    stop_code: None,
-                    health_status: HealthStatus::Unknown,
-                    containers: Vec::new(),
-                    at_ms: now,
-                    engine_failure: false,
-                },
-            });
+            let reason = "the task's containers are gone".to_string();
+            self.push_end(&id, last.service, last.revision, reason, None, now);
         }
     }
 }
